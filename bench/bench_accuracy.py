@@ -1,0 +1,87 @@
+"""Accuracy on the benchmark test splits (text side, the full KB of each as candidates).
+
+Writes ``bench/results/accuracy.json``:
+``{"<dataset>": {"retrieval": {"hits@1", "hits@5", "hits@10", "hits@20", "mrr", "mentions", ...}, "<method>": {...}}}``
+
+    python bench/bench_accuracy.py --datasets richpedia-mel wikimel --methods retrieval llm-select
+
+Existing entries for other datasets/methods are kept (results merge), so methods can be run separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["richpedia-mel", "wikimel"])
+    ap.add_argument("--methods", nargs="+", default=["retrieval", "llm-select"])
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, help="first N mentions (quick checks; not for committed numbers)")
+    ap.add_argument("--config", help="config YAML")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--workdir", default=str(REPO / "runs" / "bench"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "accuracy.json"))
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from mel import commands
+    from mel.config import load_config
+    from mel.eval import write_report
+    from mel.methods import build_linker
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for ds in args.datasets:
+        index_dir = Path(args.workdir) / f"index-{ds}"
+        for method in args.methods:
+            t0 = time.perf_counter()
+            linker = None
+            if method != "retrieval":
+                # build the LLM-backed linker after the index exists (evaluate builds the index)
+                from mel.datasets import load_dataset
+
+                commands.ensure_dataset_index(cfg, load_dataset(ds), str(index_dir), None)
+                linker = build_linker(cfg, str(index_dir), method=method)
+            report = commands.evaluate(cfg, dataset=ds, split=args.split, index_dir=str(index_dir), method=method,
+                                       limit=args.limit, batch_size=args.batch_size, linker=linker)
+            write_report(report, Path(args.workdir) / f"report-{ds}-{method}.json")
+            rank = report["ranking"]["all_mentions"]
+            entry = {k: round(rank[k], 2) for k in ("hits@1", "hits@5", "hits@10", "hits@20", "mrr")}
+            entry.update({
+                "mentions": report["counts"]["mentions"],
+                "in_kb": report["counts"]["in_kb"],
+                "accuracy": round(report["accuracy"]["all_mentions"], 2),
+                "nil_precision": report["nil"]["precision"],
+                "nil_recall": report["nil"]["recall"],
+                "recall@k": round(report["retrieval"]["recall_all_mentions"], 2),
+                "mentions_per_s": round(report["mentions_per_s"], 2),
+                "split": args.split,
+                "limit": args.limit,
+                "command": f"python bench/bench_accuracy.py --datasets {ds} --methods {method}",
+                "seconds": round(time.perf_counter() - t0, 1),
+            })
+            results.setdefault(ds, {})[method] = entry
+            if linker is not None and getattr(linker, "selector", None) is not None:
+                linker.selector.engine.shutdown()
+            print(json.dumps({ds: {method: entry}}, indent=1), flush=True)
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The ``mel`` command. Every subcommand takes an argv list and returns an exit code, so tests call
+``main([...])`` in-process. Heavy imports happen inside the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mel.errors import MelError
+
+log = logging.getLogger("mel")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set retrieval.top_k=10 (repeatable)")
+
+
+def _cfg(args: argparse.Namespace):  # noqa: ANN202
+    from mel.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# ------------------------------------------------------------------------------------------ index
+def cmd_index(args: argparse.Namespace) -> int:
+    from mel import commands
+
+    cfg = _cfg(args)
+    out = commands.index(cfg, out=args.out, kb=args.kb, dataset=args.dataset, data_dir=args.data_dir,
+                         local=args.local)
+    print(f"index written to {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mel import commands
+
+    cfg = _cfg(args)
+    if args.port is not None:
+        cfg.serve.port = args.port
+    commands.serve_forever(cfg, args.index)
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from mel import commands
+
+    cfg = _cfg(args)
+    n = commands.link_batch(cfg, args.index, args.mentions, args.out, method=args.method, local=args.local)
+    print(f"linked {n} mentions -> {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mel import commands
+
+    cfg = _cfg(args)
+    report = commands.evaluate(cfg, dataset=args.dataset, split=args.split, index_dir=args.index,
+                               method=args.method, limit=args.limit, data_dir=args.data_dir,
+                               report_path=args.report, batch_size=args.batch_size)
+    from mel.eval import format_table
+
+    print(format_table(report))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mel import demo
+
+    return demo.run(args.config, args.overrides, workdir=args.workdir, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mel", description="Multimodal entity linking on Ray.")
+    p.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("index", help="embed a KB on Ray Data and build a faiss index directory")
+    _common(s)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--kb", help="KB file (JSONL or Parquet) or a directory holding entities.jsonl/.parquet")
+    src.add_argument("--dataset", help="a benchmark dataset name (its KB is indexed), e.g. richpedia-mel")
+    s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
+    s.add_argument("--out", required=True, help="index directory to write (appears only when complete)")
+    s.add_argument("--local", action="store_true", help="single process, no Ray (small KBs, debugging)")
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("serve", help="run the linking graph on Ray Serve (127.0.0.1 by default)")
+    _common(s)
+    s.add_argument("--index", required=True, help="index directory built by `mel index`")
+    s.add_argument("--port", type=int, help="HTTP port (overrides serve.port)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("link", help="batch-link a mentions JSONL file on Ray Data")
+    _common(s)
+    s.add_argument("--index", required=True, help="index directory built by `mel index`")
+    s.add_argument("--mentions", required=True, help="mentions JSONL (see docs/kb-format.md)")
+    s.add_argument("--out", required=True, help="results JSONL (appears only when complete)")
+    s.add_argument("--method", help="linking method (default: config's method)")
+    s.add_argument("--local", action="store_true", help="single process, no Ray")
+    s.set_defaults(func=cmd_link)
+
+    s = sub.add_parser("eval", help="link a benchmark split and report H@k, MRR, accuracy, NIL P/R, latency")
+    _common(s)
+    s.add_argument("--dataset", required=True, help="dataset name, e.g. richpedia-mel or wikimel")
+    s.add_argument("--split", default="test", help="split name (train, dev, test)")
+    s.add_argument("--index", required=True, help="index directory built from the dataset's KB "
+                   "(built there first if it does not exist)")
+    s.add_argument("--method", help="linking method (default: config's method)")
+    s.add_argument("--limit", type=int, help="first N mentions only (a deterministic slice)")
+    s.add_argument("--batch-size", type=int, default=64, help="mentions per linking batch")
+    s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
+    s.add_argument("--report", help="write the JSON report here")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("demo", help="index the shipped demo KB, serve it, link examples over HTTP")
+    _common(s)
+    s.add_argument("--workdir", help="where to put the demo index (default: a temp dir)")
+    s.add_argument("--port", type=int, help="HTTP port (default: config serve.port)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MelError as e:
+        print(f"mel {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mel {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

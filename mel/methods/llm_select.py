@@ -1,0 +1,25 @@
+"""``llm-select``: retrieval, then an LLM picks among the top candidates (multiple choice)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mel.methods.base import Components, Linker
+from mel.methods.registry import register
+
+if TYPE_CHECKING:
+    from mel.config import Config
+
+
+@register("llm-select")
+def build(cfg: Config, parts: Components) -> Linker:
+    from mel.stages.retrieve import Retriever
+    from mel.stages.select import LLMSelector
+
+    retriever = Retriever(parts.index, parts.text_encoder, cfg.retrieval, parts.image_encoder)
+    if not cfg.selection.enabled:
+        return Linker("llm-select", retriever, None, cfg.nil.threshold)
+    if parts.engine is None:
+        raise ValueError("method 'llm-select' needs an LLM engine (Components.engine)")
+    selector = LLMSelector(parts.engine, cfg.selection, parts.index.text)
+    return Linker("llm-select", retriever, selector, cfg.nil.threshold)

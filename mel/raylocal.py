@@ -1,0 +1,155 @@
+"""Start (or connect to) Ray the same way everywhere: a local Ray bound to loopback, or a cluster.
+
+A local Ray started by :func:`init_ray` listens on 127.0.0.1 only: ``_node_ip_address="127.0.0.1"`` alone
+is not enough, because Ray resolves a loopback node address to the host's routable address unless
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when ``ray._private.ray_constants`` is imported). Every
+worker runs :func:`mel.compat.prepare` first (``worker_process_setup_hook``) and sees the offline-hub
+environment variables of the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from mel.compat import offline_hub
+from mel.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+_ENABLE_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Passed on to every Ray worker when set in the driver.
+_FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM",
+                  "HF_HOME", "MEL_CACHE")
+# Project packages whose code Ray workers run (Ray Data / Serve classes), found next to ``mel`` by path only.
+_SIBLING_PACKAGES = ("pipelines", "serve")
+
+_owned_temp_dir: str | None = None
+
+
+def _package_dir(module_file: str) -> str:
+    return os.path.dirname(os.path.abspath(module_file))
+
+
+def worker_runtime_env(code_paths: Sequence[str] = (), *, local: bool = True) -> dict[str, object]:
+    """The runtime_env every Ray worker of this project gets: the torchvision fix, the hub settings, and
+    the code: ``mel`` and the ``pipelines``/``serve`` packages beside it (when present), plus
+    ``code_paths`` (other package directories workers import). A local Ray finds them through
+    PYTHONPATH; a cluster gets them uploaded as ``py_modules``."""
+    offline_hub()
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    mel_dir = _package_dir(__file__)
+    siblings = [os.path.join(os.path.dirname(mel_dir), name) for name in _SIBLING_PACKAGES]
+    packages = [mel_dir] + [p for p in siblings if os.path.isfile(os.path.join(p, "__init__.py"))]
+    packages += [os.path.abspath(p) for p in code_paths]
+    runtime_env: dict[str, object] = {"worker_process_setup_hook": "mel.raylocal.worker_setup", "env_vars": env_vars}
+    if local:
+        env_vars[_LOOPBACK_ENV] = "1"
+        roots = list(dict.fromkeys(os.path.dirname(p) for p in packages))
+        if os.environ.get("PYTHONPATH"):
+            roots.append(os.environ["PYTHONPATH"])
+        env_vars["PYTHONPATH"] = os.pathsep.join(roots)
+    else:
+        runtime_env["py_modules"] = list(dict.fromkeys(packages))
+    return runtime_env
+
+
+_LOOPBACK_ENV = "MEL_RAY_LOOPBACK_ONLY"
+
+
+def worker_setup() -> None:
+    """Ray ``worker_process_setup_hook``: the torchvision fix, and for a local Ray, loopback-only gRPC.
+
+    Ray Serve 2.60 replicas start their inter-deployment gRPC server on ``[::]:0`` (all interfaces) with no
+    setting to change it. For a local, loopback-only Ray the address is rewritten to 127.0.0.1 before the
+    replica module imports the helper (peers reach replicas at the node address, 127.0.0.1).
+    """
+    from mel.compat import prepare
+
+    prepare()
+    if os.environ.get(_LOOPBACK_ENV) == "1":
+        patch_grpc_bind_loopback()
+
+
+def patch_grpc_bind_loopback() -> None:
+    """Make Ray's ``add_port_to_grpc_server`` bind wildcard addresses on 127.0.0.1 instead (idempotent)."""
+    from ray._common import tls_utils
+
+    original = tls_utils.add_port_to_grpc_server
+    if getattr(original, "_mel_loopback", False):
+        return
+
+    def add_port_loopback(server, address: str):  # noqa: ANN001, ANN202
+        host, _, port = address.rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"{LOOPBACK}:{port}"
+        return original(server, address)
+
+    add_port_loopback._mel_loopback = True  # type: ignore[attr-defined]
+    tls_utils.add_port_to_grpc_server = add_port_loopback
+    replica = sys.modules.get("ray.serve._private.replica")
+    if replica is not None:  # imported earlier: it holds its own reference to the helper
+        replica.add_port_to_grpc_server = add_port_loopback  # type: ignore[attr-defined]
+
+
+def _force_loopback() -> None:
+    os.environ[_ENABLE_CLUSTER_ENV] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local Ray reports nothing anywhere
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+        # Ray was imported before this call: the env var was already read, so set the value it produced.
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def init_ray(cfg: RayConfig, *, code_paths: Sequence[str] = ()) -> None:
+    """Start a loopback-only local Ray (``cfg.address`` None) or connect to ``cfg.address``. Idempotent:
+    does nothing when Ray is already initialised in this process. ``code_paths``: see
+    :func:`worker_runtime_env`."""
+    global _owned_temp_dir
+    if cfg.address is None:
+        _force_loopback()
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = worker_runtime_env(code_paths, local=cfg.address is None)
+    if cfg.address is not None:
+        log.info("connecting to Ray at %s", cfg.address)
+        ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    if cfg.temp_dir is not None:
+        os.makedirs(cfg.temp_dir, exist_ok=True)
+        temp_dir = os.path.abspath(cfg.temp_dir)
+    else:
+        # Short on purpose: Ray puts Unix sockets under it and socket paths are limited to 107 chars.
+        temp_dir = tempfile.mkdtemp(prefix="mel-ray-")
+        _owned_temp_dir = temp_dir
+    object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb is not None else None
+    log.info("starting a local Ray on %s (num_cpus=%s, session files in %s)", LOOPBACK, cfg.num_cpus, temp_dir)
+    ray.init(
+        address="local",
+        num_cpus=cfg.num_cpus,
+        object_store_memory=object_store,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        _node_ip_address=LOOPBACK,
+        _temp_dir=temp_dir,
+    )
+
+
+def shutdown_ray() -> None:
+    """Disconnect from (and for a local Ray, stop) Ray; remove the session temp dir init_ray created."""
+    global _owned_temp_dir
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    if _owned_temp_dir is not None:
+        shutil.rmtree(_owned_temp_dir, ignore_errors=True)
+        _owned_temp_dir = None

@@ -1,0 +1,235 @@
+"""LoRA adapters with peft: create one on a causal LM, optionally train a few steps on (prompt, answer) pairs,
+save it where vLLM can load it per request.
+
+vLLM constraints honoured here: LoRA on linear projections only (no ``modules_to_save``, no embedding layers
+saved), rank within the engine's ``max_lora_rank``. The folder also gets ``mel_adapter.json`` recording how it
+was made (base model and its architecture fingerprint, rank, steps, losses), which engines check.
+This is the seed of the selector training; the loss is on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mel.errors import InputError
+from mel.llm.adapters import ADAPTER_META
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _check_pairs(train_pairs: list[tuple[str, str]] | None, steps: int) -> list[tuple[str, str]]:
+    if steps < 0:
+        raise InputError(f"steps must be >= 0, got {steps}")
+    if steps == 0:
+        return list(train_pairs or [])
+    if not train_pairs:
+        raise InputError(f"steps={steps} needs train_pairs (a list of (prompt, answer) pairs)")
+    for i, pair in enumerate(train_pairs):
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(x, str) for x in pair) or not pair[1]):
+            raise InputError(f"train pair {i} must be (prompt: str, answer: non-empty str), got {pair!r}")
+    return [(p, a) for p, a in train_pairs]
+
+
+def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], append_eos: bool) -> tuple[Any, Any, Any]:
+    """Right-padded input ids, attention mask and labels (-100 outside the answer tokens)."""
+    import torch
+
+    rows, labels = [], []
+    for prompt, answer in pairs:
+        p_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        a_ids = tokenizer.encode(answer, add_special_tokens=False)
+        if append_eos and tokenizer.eos_token_id is not None:
+            a_ids = a_ids + [tokenizer.eos_token_id]
+        rows.append(p_ids + a_ids)
+        labels.append([-100] * len(p_ids) + a_ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (r, y) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+        lab[i, :len(y)] = torch.tensor(y)
+    return ids, mask, lab
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``out``; an existing ``out`` is moved aside first, never half-written."""
+    tmp.chmod(0o755)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.rename(out, old / "previous")
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha: int = 16,
+                      target_modules: Sequence[str] = DEFAULT_TARGETS,
+                      train_pairs: list[tuple[str, str]] | None = None, steps: int = 0, lr: float = 1e-4,
+                      seed: int = 0, batch_size: int = 8, dropout: float = 0.0, append_eos: bool = True,
+                      overwrite: bool = False) -> dict[str, Any]:
+    """Create (and with ``steps > 0`` train) a LoRA adapter on ``base_model_dir``; save it to ``out_dir``.
+
+    Each step takes the next ``batch_size`` pairs (cycling). ``append_eos`` ends each answer with the EOS token,
+    as the engine generates it after a constrained label. The folder appears only when complete. Returns a
+    report: path, trainable/total parameters and their share, per-step losses, settings.
+    """
+    pairs = _check_pairs(train_pairs, steps)
+    if rank < 1 or alpha <= 0 or lr <= 0 or batch_size < 1:
+        raise InputError(f"rank, alpha, lr and batch_size must be positive (got {rank}, {alpha}, {lr}, {batch_size})")
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; choose another folder or pass overwrite=True")
+    base = Path(base_model_dir).expanduser().resolve()
+    if not (base / "config.json").is_file():
+        raise InputError(f"base model {base} is not a Hugging Face model folder (no config.json)")
+
+    from mel import compat
+
+    compat.prepare()
+    import peft
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mel.models.fingerprint import architecture_fingerprint
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in present]
+    if missing:
+        raise InputError(f"target modules {missing} are not in {base} (module names include: "
+                         f"{sorted(n for n in present if n.endswith('proj'))})")
+    lora_cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                          bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora_cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    losses: list[float] = []
+    if steps > 0:
+        model.train()
+        optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        for step in range(steps):
+            start = (step * batch_size) % len(pairs)
+            batch = [pairs[(start + j) % len(pairs)] for j in range(min(batch_size, len(pairs)))]
+            ids, mask, labels = _encode_pairs(tokenizer, batch, append_eos)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            losses.append(float(loss.detach()))
+            log.info("lora step %d/%d loss %.4f", step + 1, steps, losses[-1])
+        model.eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+        cfg_path = tmp / "adapter_config.json"
+        adapter_cfg = json.loads(cfg_path.read_text())
+        if adapter_cfg.get("modules_to_save"):
+            raise RuntimeError(f"peft saved modules_to_save={adapter_cfg['modules_to_save']}; vLLM cannot load it")
+        adapter_cfg["base_model_name_or_path"] = str(base)
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
+        report: dict[str, Any] = {
+            "path": str(out),
+            "base_model": str(base),
+            "base_fingerprint": architecture_fingerprint(base),
+            "rank": rank,
+            "alpha": alpha,
+            "target_modules": list(target_modules),
+            "steps": steps,
+            "lr": lr,
+            "seed": seed,
+            "batch_size": batch_size,
+            "train_pairs": len(pairs),
+            "losses": losses,
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_share": trainable / total,
+            "peft_version": peft.__version__,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / ADAPTER_META).write_text(json.dumps(report, indent=2) + "\n")
+        _publish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved LoRA adapter %s (%d trainable of %d params, %.3f%%)", out, trainable, total,
+             100 * trainable / total)
+    return report
+
+
+MERGE_META = "mel_merged_lora.json"
+
+
+def merge_lora_adapter(base_model_dir: str, adapter_dir: str, out_dir: str, *, dtype: str = "float32",
+                       overwrite: bool = False) -> str:
+    """Fold a LoRA adapter into the base weights and save a plain HF folder (peft ``merge_and_unload``).
+
+    Serve the merged folder as ``models.llm.model`` when one adapter is used for every request: vLLM's CPU
+    LoRA kernels gather per-token weight copies, which makes per-request LoRA prefill ~10-20x slower than the
+    base model on CPU. The folder records the adapter it came from in ``mel_merged_lora.json``.
+    """
+    from mel.llm.adapters import read_adapter_config
+
+    read_adapter_config(adapter_dir)
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; choose another folder or pass overwrite=True")
+    base = Path(base_model_dir).expanduser().resolve()
+    if not (base / "config.json").is_file():
+        raise InputError(f"base model {base} is not a Hugging Face model folder (no config.json)")
+
+    from mel import compat
+
+    compat.prepare()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise InputError(f"dtype {dtype!r} is not a torch floating dtype")
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().to(torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        # keep fields the base folder carries explicitly (e.g. rope_theta written by the GGUF conversion)
+        base_cfg = json.loads((base / "config.json").read_text())
+        new_cfg = json.loads((tmp / "config.json").read_text())
+        (tmp / "config.json").write_text(json.dumps({**base_cfg, **new_cfg, "dtype": dtype}, indent=2, sort_keys=True))
+        meta = {"base_model": str(base), "adapter": str(Path(adapter_dir).resolve()), "dtype": dtype,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        adapter_meta = Path(adapter_dir) / ADAPTER_META
+        if adapter_meta.is_file():
+            meta["adapter_meta"] = json.loads(adapter_meta.read_text())
+        (tmp / MERGE_META).write_text(json.dumps(meta, indent=2) + "\n")
+        _publish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)

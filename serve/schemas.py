@@ -1,0 +1,57 @@
+"""HTTP request and response bodies of the linking API (strict: unknown fields are refused)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class MentionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="Caller's id for the mention; defaults to its position.")
+    surface: str = Field(..., description="The mention's surface text (non-empty).")
+    context: str = Field("", description="Sentence or passage around the mention.")
+    image_path: str | None = Field(None, description="Path of an image under the server's allowed image root.")
+    image_base64: str | None = Field(None, description="Image file bytes, base64-encoded.")
+    attributes: dict[str, str] = Field(default_factory=dict, description="Attributes extracted from the mention.")
+
+    @field_validator("surface")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mentions: list[MentionIn] = Field(..., min_length=1, description="Mentions to link (one or many).")
+    adapter: str | None = Field(None, description="Name of a configured LoRA adapter for selection.")
+    top_k: int | None = Field(None, ge=1, le=100, description="Candidates returned per mention.")
+
+
+class CandidateOut(BaseModel):
+    entity_id: str
+    name: str
+    score: float
+    scores: dict[str, float]
+
+
+class LinkResultOut(BaseModel):
+    mention_id: str
+    entity_id: str | None = Field(..., description="Linked entity id, or null for NIL.")
+    nil: bool
+    score: float
+    method: str
+    candidates: list[CandidateOut]
+    timings_ms: dict[str, float]
+
+
+class LinkResponse(BaseModel):
+    results: list[LinkResultOut]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(..., description="What was wrong with the request.")
+    details: list[str] = Field(default_factory=list, description="One line per problem, naming the field.")
