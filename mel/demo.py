@@ -59,9 +59,11 @@ def run(config: str | None, overrides: list[str], *, workdir: str | None = None,
                 print(f"\n[{'ok' if ok else 'XX'}] {m.surface!r} in: {m.context[:90]}"
                       + (" [+image]" if m.image else ""))
                 print(f"     answer: {answer}  (gold: {m.gold or 'NIL'}, score {res['score']:.3f})")
+                w_id = max((len(c["entity_id"]) for c in res["candidates"]), default=0)
+                w_name = max((len(c["name"]) for c in res["candidates"]), default=0)
                 for c in res["candidates"]:
                     parts = ", ".join(f"{k}={v:.2f}" for k, v in c["scores"].items())
-                    print(f"       - {c['entity_id']:<14} {c['name']:<28} {parts}")
+                    print(f"       - {c['entity_id']:<{w_id}}  {c['name']:<{w_name}}  {parts}")
             bad = client.post(f"{url}/v1/link", json={"mentions": [{"surface": ""}]})
             print(f"\nbad request (empty mention) -> HTTP {bad.status_code}: {bad.json()}")
         print(f"\naccuracy: {correct}/{len(mentions)} = {100 * correct / max(1, len(mentions)):.1f}%")

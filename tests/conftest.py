@@ -52,3 +52,14 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory):
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory: pytest.TempPathFactory, text_encoder) -> Path:
+    """The shipped demo KB indexed once per session (single process, real MiniLM)."""
+    from mel.config import load_config
+    from pipelines.index import run_index_local
+
+    out = tmp_path_factory.mktemp("demo") / "index"
+    run_index_local(REPO / "data" / "demo" / "kb" / "entities.jsonl", out, load_config(None), encoder=text_encoder)
+    return out

@@ -17,16 +17,6 @@ pytestmark = pytest.mark.integration
 DEMO_KB = REPO / "data" / "demo" / "kb" / "entities.jsonl"
 
 
-@pytest.fixture(scope="session")
-def demo_index(tmp_path_factory: pytest.TempPathFactory, text_encoder) -> Path:
-    from mel.config import load_config
-    from pipelines.index import run_index_local
-
-    out = tmp_path_factory.mktemp("demo") / "index"
-    run_index_local(DEMO_KB, out, load_config(None), encoder=text_encoder)
-    return out
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, demo_index: Path, tmp_path_factory: pytest.TempPathFactory):
     from mel import commands

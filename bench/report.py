@@ -1,0 +1,84 @@
+"""Render bench/results/*.json as the tables in docs/benchmarks.md (between the GENERATED markers).
+
+    python bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- GENERATED:BEGIN -->", "<!-- GENERATED:END -->"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _f(v: object, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def accuracy_table(acc: dict) -> list[str]:
+    lines = ["### Accuracy (test splits, text side, full KB as candidates; percent)", "",
+             "| dataset | method | mentions | H@1 | H@5 | H@10 | H@20 | MRR | accuracy | mentions/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for ds, methods in sorted(acc.items()):
+        for m, r in methods.items():
+            lines.append(f"| {ds} | {m} | {r.get('mentions')} | {_f(r.get('hits@1'))} | {_f(r.get('hits@5'))} | "
+                         f"{_f(r.get('hits@10'))} | {_f(r.get('hits@20'))} | {_f(r.get('mrr'))} | "
+                         f"{_f(r.get('accuracy'))} | {_f(r.get('mentions_per_s'))} |")
+    lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for ms in acc.values() for r in ms.values()
+                                                   if r.get("command")})), ""]
+    return lines
+
+
+def tuning_table(t: dict) -> list[str]:
+    lines = ["### Selector fusion weight (dev split; H@1 percent by weight w of the LLM)", "",
+             "| dataset | dev mentions | w=0 (retrieval) | best w | H@1 at best | w=1 (LLM only) |", "|---|---|---|---|---|---|"]
+    for ds, r in sorted(t.items()):
+        best = r["h@1_by_weight"][str(r["best_weight"])]
+        lines.append(f"| {ds} | {r['mentions']} | {_f(r['retrieval_h@1'])} | {r['best_weight']} | {_f(best)} | "
+                     f"{_f(r['llm_only_h@1'])} |")
+    return lines + [""]
+
+
+def indexing_table(ix: dict) -> list[str]:
+    return ["### Indexing throughput (`mel index` on Ray Data vs a single-process loop, same model and batch)", "",
+            "| KB | entities | workers | Ray entities/s | loop entities/s | ratio |", "|---|---|---|---|---|---|",
+            f"| {ix['kb']} | {ix['entities']} | {ix['workers']} | {_f(ix['ray_entities_per_s'])} | "
+            f"{_f(ix['loop_entities_per_s'])} | {_f(ix['ratio'], 2)} |", ""]
+
+
+def serving_table(sv: dict) -> list[str]:
+    ip = sv["in_process"]
+    lines = ["### Linking over HTTP vs in-process (one mention per request)", "",
+             "| client concurrency | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|",
+             f"| in-process | {_f(ip['rps'], 2)} | {_f(ip['p50_ms'])} | {_f(ip['p99_ms'])} | – |"]
+    for c, r in sv["concurrency"].items():
+        lines.append(f"| {c} | {_f(r['rps'], 2)} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {r.get('errors', 0)} |")
+    return lines + [""]
+
+
+def main() -> int:
+    parts: list[str] = []
+    for name, fn in [("accuracy.json", accuracy_table), ("selection_tuning.json", tuning_table),
+                     ("indexing.json", indexing_table), ("serving.json", serving_table)]:
+        data = _load(name)
+        if data:
+            parts += fn(data)
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(head + BEGIN + "\n" + "\n".join(parts) + "\n" + END + tail)
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
