@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                 "mentions_per_s": round(report["mentions_per_s"], 2),
                 "split": args.split,
                 "limit": args.limit,
-                "command": f"python bench/bench_accuracy.py --datasets {ds} --methods {method}",
+                "command": f"python bench/bench_accuracy.py --datasets {ds} --methods {method}"
+                + "".join(f" --set {o}" for o in args.overrides),
+                "settings": {"fusion_weight": cfg.selection.fusion_weight, "candidates": cfg.selection.candidates,
+                             "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype} if method != "retrieval"
+                else {"top_k": cfg.retrieval.top_k},
                 "seconds": round(time.perf_counter() - t0, 1),
             })
             results.setdefault(ds, {})[method] = entry

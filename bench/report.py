@@ -40,7 +40,8 @@ def accuracy_table(acc: dict) -> list[str]:
 
 def tuning_table(t: dict) -> list[str]:
     lines = ["### Selector fusion weight (dev split; H@1 percent by weight w of the LLM)", "",
-             "| dataset | dev mentions | w=0 (retrieval) | best w | H@1 at best | w=1 (LLM only) |", "|---|---|---|---|---|---|"]
+             "| dataset | dev mentions | w=0 (retrieval) | best w | H@1 at best | w=1 (LLM only) |",
+             "|---|---|---|---|---|---|"]
     for ds, r in sorted(t.items()):
         best = r["h@1_by_weight"][str(r["best_weight"])]
         lines.append(f"| {ds} | {r['mentions']} | {_f(r['retrieval_h@1'])} | {r['best_weight']} | {_f(best)} | "

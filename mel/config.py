@@ -97,8 +97,9 @@ class SelectionConfig(Strict):
     adapters: dict[str, str] = Field(default_factory=dict, description="Named LoRA adapters (name -> peft adapter "
                                      "directory) that requests may choose with `adapter`.")
     fusion_weight: float = Field(
-        0.5, ge=0, le=1,
-        description="Final score = (1-w)*retrieval + w*P(choice); w=1 trusts the LLM alone.")
+        0.15, ge=0, le=1,
+        description="Final score = (1-w)*retrieval + w*P(choice); w=1 trusts the LLM alone, w=0 skips the LLM. "
+        "Tune on dev with bench/tune_selection.py (0.15 is RichpediaMEL's with the zero-shot SmolLM2-135M).")
     max_description_chars: int = Field(200, ge=0, description="Entity text shown per option, truncated.")
 
 

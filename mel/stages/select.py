@@ -62,8 +62,8 @@ class LLMSelector:
         """Return each candidate list re-scored and re-sorted; lists with < 2 candidates pass through."""
         todo = [i for i, c in enumerate(candidate_lists) if len(c) >= 2]
         result = [list(c) for c in candidate_lists]
-        if not todo:
-            return result
+        if not todo or self.cfg.fusion_weight == 0:
+            return result  # with weight 0 the LLM's vote could not change any score: skip the engine
         built = self.prompts([mentions[i] for i in todo], [candidate_lists[i] for i in todo])
         choices = self.engine.choose([p for p, _ in built], [c for _, c in built], lora=lora)
         w = self.cfg.fusion_weight

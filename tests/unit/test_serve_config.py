@@ -13,7 +13,7 @@ from tests.conftest import REPO
 def test_serve_config_validates_against_ray_schema() -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    data = yaml.safe_load((REPO / "configs" / "serve-app.yaml").read_text())
+    data = yaml.safe_load((REPO / "cluster" / "serve-app.yaml").read_text())
     schema = ServeDeploySchema.model_validate(data)
     app = schema.applications[0]
     assert app.import_path == "serve.app:app_builder"

@@ -48,11 +48,18 @@ def test_selector_fuses_llm_probability_and_reorders() -> None:
     assert "llm" not in next(c for c in out if c.entity_id == "Q3").scores
 
 
-def test_selector_weight_zero_keeps_retrieval_order_and_skips_single() -> None:
+def test_selector_weight_zero_keeps_retrieval_order_without_calling_the_engine() -> None:
     eng = ScriptedEngine({"D": 1.0})
     sel = LLMSelector(eng, SelectionConfig(candidates=4, fusion_weight=0.0), lambda e: "")
-    out = sel.select([Mention("a", "x"), Mention("b", "y")], [_cands(), _cands()[:1]])
+    out = sel.select([Mention("a", "x")], [_cands()])
     assert [c.entity_id for c in out[0]] == ["Q0", "Q1", "Q2", "Q3"]
+    assert eng.seen == []
+
+
+def test_selector_skips_lists_with_one_candidate() -> None:
+    eng = ScriptedEngine({"A": 1.0})
+    sel = LLMSelector(eng, SelectionConfig(candidates=4, fusion_weight=0.5), lambda e: "")
+    out = sel.select([Mention("a", "x"), Mention("b", "y")], [_cands(), _cands()[:1]])
     assert out[1][0].entity_id == "Q0" and len(eng.seen) == 1
 
 
