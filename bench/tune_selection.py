@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mel.stages.select import fuse  # noqa: E402  (after the sys.path insert)
+
 WEIGHTS = [round(0.05 * i, 2) for i in range(21)]
 
 
@@ -27,7 +29,7 @@ def h_at_1(rows: list[tuple[str | None, list[tuple[str, float, float | None]]]],
     """rows: (gold, [(entity_id, retrieval score, llm prob or None)]) -> H@1 in percent."""
     hits = 0
     for gold, cands in rows:
-        best = max(cands, key=lambda c: (1 - w) * c[1] + w * (c[2] or 0.0)) if cands else None
+        best = max(cands, key=lambda c: fuse(c[1], c[2] or 0.0, w)) if cands else None
         hits += best is not None and best[0] == gold
     return 100.0 * hits / max(1, len(rows))
 

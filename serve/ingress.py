@@ -169,13 +169,12 @@ class Ingress:
         cands, texts, t_retr = await self.retriever.retrieve.remote(mention, image, k)
         t1 = time.perf_counter()
         timings = {"retrieve": t_retr, "retrieve_hop": 1000 * (t1 - t0) - t_retr}
-        method = "retrieval"
-        if self.selector is not None and self.cfg.selection.enabled:
+        if self.selector is not None:
             cands, t_sel = await self.selector.select.remote(mention, cands, texts, adapter)
             timings["select"] = t_sel
             timings["select_hop"] = 1000 * (time.perf_counter() - t1) - t_sel
-            method = self.cfg.method
-        return finalize(mention, cands, threshold=self.cfg.nil.threshold, method=method, timings_ms=timings)
+        return finalize(mention, cands, threshold=self.cfg.nil.threshold, method=self.cfg.method,
+                        timings_ms=timings)
 
     @api.get("/healthz", summary="Liveness and the loaded index")
     async def healthz(self) -> dict[str, Any]:

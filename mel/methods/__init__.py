@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def needs_llm(cfg: Config, method: str | None = None) -> bool:
     name = method or cfg.method
-    return name != "retrieval" and cfg.selection.enabled
+    return name != "retrieval" and cfg.selection.enabled and cfg.selection.fusion_weight > 0
 
 
 def build_linker(cfg: Config, index_dir: str, *, method: str | None = None, **parts: Any) -> Linker:

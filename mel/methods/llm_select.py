@@ -13,11 +13,12 @@ if TYPE_CHECKING:
 
 @register("llm-select")
 def build(cfg: Config, parts: Components) -> Linker:
+    from mel.methods import needs_llm
     from mel.stages.retrieve import Retriever
     from mel.stages.select import LLMSelector
 
     retriever = Retriever(parts.index, parts.text_encoder, cfg.retrieval, parts.image_encoder)
-    if not cfg.selection.enabled:
+    if not needs_llm(cfg, "llm-select"):  # selection off, or weight 0: the LLM could not change a score
         return Linker("llm-select", retriever, None, cfg.nil.threshold)
     if parts.engine is None:
         raise ValueError("method 'llm-select' needs an LLM engine (Components.engine)")

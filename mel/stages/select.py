@@ -25,6 +25,11 @@ SYSTEM_PROMPT = (
 )
 
 
+def fuse(retrieval: float, llm_prob: float, weight: float) -> float:
+    """The selector's final score: ``(1 - weight) * retrieval + weight * P(option)``."""
+    return (1 - weight) * retrieval + weight * llm_prob
+
+
 def build_prompt(mention: Mention, options: list[tuple[str, str]], max_chars: int) -> str:
     """The user message: the mention, its context, and lettered options ``(name, text)``."""
     lines = [f"Mention: {mention.surface}"]
@@ -75,7 +80,7 @@ class LLMSelector:
                 scores = dict(c.scores)
                 if j < len(labels):
                     scores["llm"] = p
-                final = (1 - w) * scores.get("retrieval", c.score) + w * p
+                final = fuse(scores.get("retrieval", c.score), p, w)
                 scores["final"] = final
                 rescored.append(Candidate(c.entity_id, c.name, final, scores))
             rescored.sort(key=lambda c: -c.score)

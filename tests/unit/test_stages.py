@@ -70,3 +70,15 @@ def test_nil_threshold() -> None:
     assert r.is_nil and r.entity_id is None and r.candidates
     assert finalize(m, [], threshold=None, method="t").is_nil
     assert r.to_dict()["nil"] is True
+
+
+def test_fuse_and_weight_zero_needs_no_engine() -> None:
+    from mel.config import load_config
+    from mel.methods import needs_llm
+    from mel.stages.select import fuse
+
+    assert fuse(0.8, 0.2, 0.25) == 0.75 * 0.8 + 0.25 * 0.2
+    assert needs_llm(load_config(None, ["method=llm-select"]))
+    assert not needs_llm(load_config(None, ["method=llm-select", "selection.fusion_weight=0"]))
+    assert not needs_llm(load_config(None, ["method=llm-select", "selection.enabled=false"]))
+    assert not needs_llm(load_config(None, ["method=retrieval"]))
