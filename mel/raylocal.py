@@ -55,8 +55,21 @@ def worker_runtime_env(code_paths: Sequence[str] = (), *, local: bool = True) ->
             roots.append(os.environ["PYTHONPATH"])
         env_vars["PYTHONPATH"] = os.pathsep.join(roots)
     else:
-        runtime_env["py_modules"] = list(dict.fromkeys(packages))
+        runtime_env["py_modules"] = list(dict.fromkeys(_job_py_modules() + packages))
     return runtime_env
+
+
+def _job_py_modules() -> list[str]:
+    """The py_modules (uploaded URIs) of the Ray job this driver runs as (``mel submit``), if any: the driver's
+    runtime_env replaces the job's ``py_modules``, so they are carried over for the workers."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        modules = (job.get("runtime_env") or {}).get("py_modules") or []
+    except (ValueError, AttributeError):
+        return []
+    return [str(m) for m in modules]
 
 
 _LOOPBACK_ENV = "MEL_RAY_LOOPBACK_ONLY"

@@ -1,7 +1,8 @@
 """Batch linking on Ray Data: mentions JSONL in, results JSONL out.
 
-Each actor of the pool builds the configured method once (the same ``mel`` stages the Serve graph
-runs), so batch and online answers agree. The output file appears only when every mention is linked.
+Each actor of the pool loads the graph's steps once (:class:`serve.linking.LocalGraph`: the retrieve, select and
+finish code the Serve deployments run), so batch and online answers for the same mention agree. The output file
+appears only when every mention is linked.
 """
 
 from __future__ import annotations
@@ -48,15 +49,15 @@ def _row_from_mention(m: Mention) -> dict[str, Any]:
 
 
 class LinkerActor:
-    """Ray Data callable class: builds the linker once per actor, links a batch per call."""
+    """Ray Data callable class: loads the graph's steps once per actor, links a batch per call."""
 
     def __init__(self, cfg: dict[str, Any], index_dir: str, method: str | None) -> None:
         from mel import compat
 
         compat.prepare()
-        from mel.methods import build_linker
+        from serve.linking import LocalGraph
 
-        self.linker = build_linker(Config.model_validate(cfg), index_dir, method=method)
+        self.linker = LocalGraph.load(Config.model_validate(cfg), index_dir, method=method)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["id"])
@@ -70,7 +71,9 @@ def run_link(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *, 
     import ray
 
     from mel.mentions import read_mentions
+    from serve.linking import check_graph_method
 
+    check_graph_method(method or cfg.method)
     mentions = read_mentions(mentions_path)
     rows = [dict(_row_from_mention(m), order=i) for i, m in enumerate(mentions)]
     if not rows:
@@ -91,13 +94,20 @@ def run_link(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *, 
 
 def run_link_local(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *,
                    method: str | None = None, linker: Any = None) -> int:
+    """Single-process batch linking with the graph's steps (``linker``: anything with ``link(mentions)``, e.g. a
+    ready :class:`serve.linking.LocalGraph`)."""
     from mel.mentions import read_mentions
-    from mel.methods import build_linker
+    from serve.linking import LocalGraph
 
     mentions = read_mentions(mentions_path)
-    linker = linker or build_linker(cfg, index_dir, method=method)
-    results: list[LinkResult] = []
-    for i in range(0, len(mentions), cfg.pipelines.link.batch_size):
-        results.extend(linker.link(mentions[i:i + cfg.pipelines.link.batch_size]))
+    own = linker is None
+    linker = linker or LocalGraph.load(cfg, index_dir, method=method)
+    try:
+        results: list[LinkResult] = []
+        for i in range(0, len(mentions), cfg.pipelines.link.batch_size):
+            results.extend(linker.link(mentions[i:i + cfg.pipelines.link.batch_size]))
+    finally:
+        if own:
+            linker.shutdown()  # the LLM engine, when selection ran
     _write_results_atomic([r.to_dict() for r in results], out_path)
     return len(results)

@@ -1,5 +1,10 @@
-"""FastAPI ingress: validates requests, fans mentions out to the Retriever and Selector deployments,
-applies the NIL decision, and answers JSON. Bad requests get a 4xx JSON error naming the problem."""
+"""FastAPI ingress: validates requests, sends each request's mentions to the Retriever and then the Selector
+deployment, applies the NIL decision, and answers JSON.
+
+Every answer is JSON and carries the request id (the client's ``X-Request-ID`` when valid, else one Serve made; the
+proxy returns it in the ``X-Request-ID`` response header). Bad requests get a 4xx naming the problem; a full queue
+at a model deployment (its ``max_queued_requests``) gets a fast 503 with ``Retry-After`` naming the deployment; a
+request past ``serve.request_timeout_s`` gets a 504 naming the stage it was in; a failing stage gets a 500."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import time
 from typing import Any
@@ -18,22 +24,50 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from mel.config import Config
-from mel.stages.nil import finalize
 from mel.types import Mention
+from serve.deployments import RETRIEVER, SELECTOR
+from serve.linking import finish
 from serve.schemas import ErrorOut, LinkRequest, LinkResponse
+from serve.telemetry import REQUEST_ID_HEADER, StageMetrics, current_request_id, log_event, request_id_problem
+
+INGRESS = "Ingress"
 
 api = FastAPI(title="mel: multimodal entity linking", version="0.1.0",
               description="Link mentions (text, optional image) to KB entities or NIL.")
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, error: str, details: list[str] | None = None) -> None:
+class HTTPFailure(Exception):
+    """A request answered with an error: status, message, details, and what it is for metrics and logs."""
+
+    kind = "error"
+
+    def __init__(self, status: int, error: str, details: list[str] | None = None, *, deployment: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(error)
         self.status, self.error, self.details = status, error, details or []
+        self.deployment, self.headers = deployment, headers or {}
 
 
-def _error(status: int, error: str, details: list[str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content=ErrorOut(error=error, details=details or []).model_dump())
+class BadRequest(HTTPFailure):
+    kind = "bad_request"
+
+
+class Overloaded(HTTPFailure):
+    kind = "overloaded"
+
+
+class TimedOut(HTTPFailure):
+    kind = "timeout"
+
+
+class StageFailed(HTTPFailure):
+    kind = "internal"
+
+
+def _error(status: int, error: str, details: list[str] | None = None, *, request_id: str | None = None,
+           deployment: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorOut(error=error, details=details or [], request_id=request_id, deployment=deployment)
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def _describe(errors: list[dict[str, Any]]) -> list[str]:
@@ -66,7 +100,7 @@ _LINK_DOC = {
     "requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/LinkRequest"}}}},
 }
-_ERRORS = {s: {"model": ErrorOut} for s in (400, 413, 422)}
+_ERRORS = {s: {"model": ErrorOut} for s in (400, 413, 422, 500, 503, 504)}
 
 
 @api.exception_handler(RequestValidationError)
@@ -112,10 +146,12 @@ def decode_image(m_index: int, path: str | None, b64: str | None, image_root: st
 class Ingress:
     """The HTTP entry point of the linking graph."""
 
-    def __init__(self, cfg: dict[str, Any], retriever: Any, selector: Any | None) -> None:
+    def __init__(self, cfg: dict[str, Any], retriever: Any, selector: Any | None, metrics: StageMetrics | None = None
+                 ) -> None:
         self.cfg = Config.model_validate(cfg)
         self.retriever = retriever
         self.selector = selector
+        self.metrics = metrics or StageMetrics("link", self.cfg.method)
 
     async def _parse(self, request: Request) -> LinkRequest:
         limit = self.cfg.serve.max_body_bytes
@@ -141,40 +177,94 @@ class Ingress:
                              [f"adapter: known: {sorted(self.cfg.selection.adapters)}"])
         return req
 
+    @staticmethod
+    def _request_id(request: Request) -> str:
+        """The client's X-Request-ID (checked), else the id Serve made for this request."""
+        sent = request.headers.get(REQUEST_ID_HEADER)
+        if sent is not None:
+            problem = request_id_problem(sent)
+            if problem:
+                raise BadRequest(400, f"invalid {REQUEST_ID_HEADER} header: it {problem}",
+                                 [f"header {REQUEST_ID_HEADER}: 1 to 128 printable ASCII characters"])
+            return sent
+        return current_request_id() or os.urandom(16).hex()
+
     @api.post("/v1/link", response_model=LinkResponse, responses=_ERRORS, openapi_extra=_LINK_DOC,
               summary="Link one or many mentions")
     async def link(self, request: Request) -> JSONResponse:
         t_start = time.perf_counter()
+        rid: str | None = None
+        state = {"stage": "parse", "deployment": INGRESS}
+        mentions: list[Mention] = []
         try:
+            rid = self._request_id(request)
             req = await self._parse(request)
             images = [decode_image(i, m.image_path, m.image_base64, self.cfg.serve.image_root)
                       for i, m in enumerate(req.mentions)]
-        except BadRequest as e:
-            return _error(e.status, e.error, e.details)
-        mentions = [Mention(id=m.id if m.id is not None else str(i), surface=m.surface, context=m.context,
-                            attributes=dict(m.attributes)) for i, m in enumerate(req.mentions)]
-        k = req.top_k or self.cfg.retrieval.top_k
-        adapter = req.adapter or self.cfg.selection.lora_adapter
-        results = await asyncio.gather(*(self._one(m, im, k, adapter) for m, im in zip(mentions, images)))
-        total = 1000 * (time.perf_counter() - t_start)
-        out = []
-        for r in results:
-            r.timings_ms["total"] = total
-            r.candidates = r.candidates[:k]
-            out.append(r.to_dict())
-        return JSONResponse(LinkResponse.model_validate({"results": out}).model_dump())
+            mentions = [Mention(id=m.id if m.id is not None else str(i), surface=m.surface, context=m.context,
+                                attributes=dict(m.attributes)) for i, m in enumerate(req.mentions)]
+            k = req.top_k or self.cfg.retrieval.top_k
+            adapter = req.adapter or self.cfg.selection.lora_adapter
+            budget = self.cfg.serve.request_timeout_s
+            run = self._run(mentions, images, k, adapter, rid, state, t_start)
+            if budget is None:
+                out = await run
+            else:
+                try:
+                    out = await asyncio.wait_for(run, timeout=max(0.0, budget - (time.perf_counter() - t_start)))
+                except asyncio.TimeoutError:
+                    raise TimedOut(504, f"request timed out after {budget:g}s in stage {state['stage']} "
+                                   f"(deployment {state['deployment']})", [f"serve.request_timeout_s: {budget:g}"],
+                                   deployment=state["deployment"]) from None
+        except HTTPFailure as e:
+            ms = 1000 * (time.perf_counter() - t_start)
+            self.metrics.call(ms, error=e.kind)
+            log_event("link", INGRESS, rid or "", ms, f"{e.status} {e.error}", status=e.status, error=e.kind,
+                      failed_stage=state["stage"], failed_deployment=e.deployment, mentions=len(mentions))
+            return _error(e.status, e.error, e.details, request_id=rid, deployment=e.deployment, headers=e.headers)
+        ms = 1000 * (time.perf_counter() - t_start)
+        self.metrics.call(ms, candidates=[len(r["candidates"]) for r in out])
+        log_event("link", INGRESS, rid, ms, status=200, mentions=len(mentions))
+        return JSONResponse(LinkResponse.model_validate({"results": out, "request_id": rid}).model_dump())
 
-    async def _one(self, mention: Mention, image: Any, k: int, adapter: str | None) -> Any:
+    async def _call(self, stage: str, deployment: str, state: dict[str, str], response: Any) -> Any:
+        """Await one handle call, turning Serve's refusals and stage failures into HTTP failures."""
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        state["stage"], state["deployment"] = stage, deployment
+        try:
+            return await response
+        except BackPressureError as e:
+            retry = self.cfg.serve.retry_after_s
+            raise Overloaded(503, f"overloaded: deployment {deployment} has a full queue; retry after "
+                             f"{retry:g}s", [f"{deployment}: {e}"], deployment=deployment,
+                             headers={"Retry-After": str(max(0, math.ceil(retry)))}) from None
+        except DeploymentUnavailableError as e:
+            retry = self.cfg.serve.retry_after_s
+            raise Overloaded(503, f"deployment {deployment} is unavailable", [f"{deployment}: {e}"],
+                             deployment=deployment, headers={"Retry-After": str(max(0, math.ceil(retry)))}) from None
+        except Exception as e:  # noqa: BLE001 -- any replica failure becomes a 500 naming the stage
+            raise StageFailed(500, f"stage {stage} failed in deployment {deployment}",
+                              [f"{type(e).__name__}: {str(e)[:500]}"], deployment=deployment) from None
+
+    async def _run(self, mentions: list[Mention], images: list[Any], k: int, adapter: str | None, rid: str,
+                   state: dict[str, str], t_start: float) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        cands, texts, t_retr = await self.retriever.retrieve.remote(mention, image, k)
+        retrieved, model_ms, _ = await self._call(
+            "retrieve", RETRIEVER, state, self.retriever.retrieve.remote(mentions, images, k, rid))
         t1 = time.perf_counter()
-        timings = {"retrieve": t_retr, "retrieve_hop": 1000 * (t1 - t0) - t_retr}
+        timings = dict(model_ms)
+        timings["retrieve_hop"] = max(0.0, 1000 * (t1 - t0) - sum(model_ms.values()))
+        cands = [r.candidates for r in retrieved]
         if self.selector is not None:
-            cands, t_sel = await self.selector.select.remote(mention, cands, texts, adapter)
-            timings["select"] = t_sel
-            timings["select_hop"] = 1000 * (time.perf_counter() - t1) - t_sel
-        return finalize(mention, cands, threshold=self.cfg.nil.threshold, method=self.cfg.method,
-                        timings_ms=timings)
+            cands, sel_ms, _ = await self._call(
+                "select", SELECTOR, state, self.selector.select.remote(mentions, retrieved, adapter, rid))
+            timings["select"] = sel_ms
+            timings["select_hop"] = max(0.0, 1000 * (time.perf_counter() - t1) - sel_ms)
+        state["stage"], state["deployment"] = "finalize", INGRESS
+        timings["total"] = 1000 * (time.perf_counter() - t_start)
+        return [finish(m, c, k=k, cfg=self.cfg, method=self.cfg.method, timings_ms=timings).to_dict()
+                for m, c in zip(mentions, cands)]
 
     @api.get("/healthz", summary="Liveness and the loaded index")
     async def healthz(self) -> dict[str, Any]:

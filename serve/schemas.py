@@ -50,8 +50,13 @@ class LinkResultOut(BaseModel):
 
 class LinkResponse(BaseModel):
     results: list[LinkResultOut]
+    request_id: str = Field(..., description="The request's id (the client's X-Request-ID, or one made by the "
+                            "server); also in the X-Request-ID response header and in every log line.")
 
 
 class ErrorOut(BaseModel):
     error: str = Field(..., description="What was wrong with the request.")
     details: list[str] = Field(default_factory=list, description="One line per problem, naming the field.")
+    request_id: str | None = Field(None, description="The request's id (null when the client sent an invalid one).")
+    deployment: str | None = Field(None, description="The deployment that refused, failed or timed out (503, "
+                                   "500, 504).")

@@ -20,7 +20,6 @@ from mel.index.build import (
     IMAGE_VECTORS,
     TEXT_INDEX,
     TEXT_VECTORS,
-    set_nprobe,
 )
 from mel.index.manifest import REBUILD_HINT, Manifest, check_compatible, read_manifest
 from mel.types import Entity
@@ -28,6 +27,7 @@ from mel.types import Entity
 if TYPE_CHECKING:
     import faiss
 
+    from mel.index.faiss_shards import ShardedIndex
     from mel.kb.model import KB
 
 
@@ -49,15 +49,20 @@ class IndexArtifact:
         self._image_owner = image_owner
         self._ip = manifest.metric == "ip"
         self._n_image_owners = len(np.unique(image_owner)) if image_owner is not None else 0
+        self.search_info: dict[str, object] = {"factory": manifest.factory, "shards": 1, "device": "cpu"}
+        """Text search settings in effect: factory, shards, device, nprobe / ef_search (IVF)."""
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, *, expect_encoder_id: str | None = None, expect_dim: int | None = None,
              expect_image_encoder_id: str | None = None, expect_metric: str | None = None,
-             nprobe: int | None = None) -> IndexArtifact:
+             nprobe: int | None = None, use_gpu: str | bool = False) -> IndexArtifact:
         """Load and verify an index directory. ``expect_*`` (None: not checked) refuse an index built with
         other settings (ArtifactMismatch); a missing directory or manifest (incomplete build) or a damaged
-        file raises InputError / ArtifactMismatch naming it. ``nprobe`` applies to IVF indexes."""
+        file raises InputError / ArtifactMismatch naming it. ``nprobe`` applies to IVF indexes (None: the
+        value the manifest records); ``use_gpu`` ('auto', 'always', 'never' or a bool) searches on GPU with
+        faiss-gpu. Several text index shards are searched in parallel and merged; what is in effect is in
+        :attr:`search_info`."""
         import faiss
         import pyarrow.parquet as pq
 
@@ -72,7 +77,8 @@ class IndexArtifact:
             if f.stat().st_size != size:
                 raise ArtifactMismatch(f"index {root}: file {name} has {f.stat().st_size} bytes, the manifest "
                                        f"records {size}; the index is damaged; {REBUILD_HINT}")
-        for name in (ENTITIES, TEXT_INDEX, TEXT_VECTORS):
+        shard_specs = text_shards(manifest)
+        for name in (ENTITIES, TEXT_VECTORS, *(f for f, _, _ in shard_specs)):
             if not (root / name).is_file():
                 raise ArtifactMismatch(f"index {root}: {name} is missing; {REBUILD_HINT}")
         n, dim = manifest.counts["entities"], manifest.dim
@@ -85,12 +91,7 @@ class IndexArtifact:
         if text_vectors.shape != (n, dim) or text_vectors.dtype != np.float32:
             raise ArtifactMismatch(f"index {root}: {TEXT_VECTORS} has shape {text_vectors.shape} "
                                    f"{text_vectors.dtype}, expected ({n}, {dim}) float32")
-        text_index = faiss.read_index(str(root / TEXT_INDEX))
-        if text_index.ntotal != n or text_index.d != dim:
-            raise ArtifactMismatch(f"index {root}: {TEXT_INDEX} holds {text_index.ntotal} vectors of dim "
-                                   f"{text_index.d}, expected {n} of dim {dim}")
-        if nprobe is not None:
-            set_nprobe(text_index, nprobe)
+        text_index, search_info = _load_text_index(root, manifest, shard_specs, nprobe=nprobe, use_gpu=use_gpu)
         image_index = image_vectors = image_owner = None
         if manifest.counts["image_vectors"] > 0:
             m = manifest.counts["image_vectors"]
@@ -101,7 +102,9 @@ class IndexArtifact:
                 raise ArtifactMismatch(f"index {root}: image files disagree with the manifest count {m}")
             if m and (np.diff(image_owner) < 0).any():
                 raise ArtifactMismatch(f"index {root}: {IMAGE_OWNER} is not sorted by owner")
-        return cls(root, manifest, columns, text_index, text_vectors, image_index, image_vectors, image_owner)
+        art = cls(root, manifest, columns, text_index, text_vectors, image_index, image_vectors, image_owner)
+        art.search_info = search_info
+        return art
 
     def check_kb(self, kb: KB) -> None:
         """Refuse a KB other than the one the index was built from."""
@@ -223,3 +226,53 @@ class IndexArtifact:
         if self._ip:
             return (vecs @ q).astype(np.float32)
         return -((vecs - q) ** 2).sum(axis=1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- text index files
+def text_shards(manifest: Manifest) -> list[tuple[str, int, int]]:
+    """(file, first position, end position) of each text index shard the manifest records; one ``text.faiss``
+    over every position for indexes without ``index_params.shards``."""
+    shards = manifest.index_params.get("shards") if manifest.index_params else None
+    n = manifest.counts["entities"]
+    if not shards:
+        return [(TEXT_INDEX, 0, n)]
+    try:
+        specs = [(str(s["file"]), int(s["start"]), int(s["stop"])) for s in shards]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactMismatch(f"manifest index_params.shards is malformed ({e!r}); {REBUILD_HINT}") from None
+    covered = 0
+    for name, start, stop in specs:
+        if start != covered or stop < start or "/" in name or name.startswith("."):
+            raise ArtifactMismatch(f"manifest index_params.shards: {name} covers positions {start}..{stop}, "
+                                   f"expected to start at {covered}; {REBUILD_HINT}")
+        covered = stop
+    if covered != n:
+        raise ArtifactMismatch(f"manifest index_params.shards cover {covered} positions, the index has {n}; "
+                               f"{REBUILD_HINT}")
+    return specs
+
+
+def _load_text_index(root: Path, manifest: Manifest, specs: list[tuple[str, int, int]], *, nprobe: int | None,
+                     use_gpu: str | bool) -> tuple[faiss.Index | ShardedIndex, dict[str, object]]:
+    from mel.index.faiss_ops import num_gpus, read_text_index, search_params, set_search_params, to_search_device
+    from mel.index.faiss_plan import resolve_use_gpu
+    from mel.index.faiss_shards import ShardedIndex
+
+    params = manifest.index_params or {}
+    gpu = resolve_use_gpu(use_gpu if isinstance(use_gpu, str) else ("always" if use_gpu else "never"), num_gpus())
+    want_nprobe = nprobe if nprobe is not None else params.get("nprobe")
+    indexes, devices, info = [], set(), {}
+    for name, start, stop in specs:
+        index = read_text_index(root / name, on_disk=bool(params.get("on_disk")))
+        if index.ntotal != stop - start or index.d != manifest.dim:
+            raise ArtifactMismatch(f"index {root}: {name} holds {index.ntotal} vectors of dim {index.d}, expected "
+                                   f"{stop - start} of dim {manifest.dim}; {REBUILD_HINT}")
+        set_search_params(index, nprobe=want_nprobe, ef_search=params.get("ef_search"))
+        info = search_params(index)
+        index, device = to_search_device(index, gpu)
+        indexes.append(index)
+        devices.add(device)
+    info = {"factory": manifest.factory, "shards": len(indexes), "device": "/".join(sorted(devices)), **info}
+    if len(indexes) == 1:
+        return indexes[0], info
+    return ShardedIndex(indexes, larger_is_better=manifest.metric == "ip"), info

@@ -6,12 +6,15 @@ artifact. Layout of an index directory::
 
     manifest.json      written last (see mel.index.manifest)
     entities.parquet   row = position: position, id, name, aliases, description, attributes (JSON), images, text
-    text.faiss         IndexIDMap2 over the factory index; ids = positions
+    text.faiss         the text index, ids = positions (IVF: its own ids; else IndexIDMap2); or, with
+                       index.search_shards > 1, text-NNNNN.faiss each over a position range (mel.index.faiss_ops);
+                       text*.ivfdata: inverted lists of an on-disk IVF
     text.npy           float32 (n, d) entity text vectors, row = position
     image.faiss        (optional) one vector per entity image; ids = image rows (always a Flat index)
     image.npy          (optional) float32 (m, d_img)
     image_owner.npy    (optional) int64 (m,): entity position owning each image row
-    shards/            text-*.parquet (entity_id, position, vector), image-*.parquet (owner, entity_id, image, vector)
+    shards/            text-*.parquet (entity_id, position, vector), image-*.parquet (row, owner, entity_id,
+                       image, stamp, ok, vector): the content-addressed shards of mel.index.staging
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 
 from mel.errors import ArtifactMismatch, ConfigError, InputError
 from mel.index.manifest import MANIFEST, Manifest, write_manifest
+from mel.index.staging import ENCODER_KEY, IMAGE, TEXT
+from mel.index.staging import ShardWriter as ShardWriter  # re-export: shards are written there
 from mel.kb.model import KB
 from mel.text import entity_text
 
@@ -35,14 +40,16 @@ if TYPE_CHECKING:
     import faiss
     import pyarrow as pa
 
+    from mel.config import IndexConfig
+    from mel.index.faiss_ops import ParallelAdd
+    from mel.index.faiss_plan import FaissPlan
+
 log = logging.getLogger(__name__)
 
 ENTITIES = "entities.parquet"
 TEXT_INDEX, TEXT_VECTORS = "text.faiss", "text.npy"
 IMAGE_INDEX, IMAGE_VECTORS, IMAGE_OWNER = "image.faiss", "image.npy", "image_owner.npy"
 SHARDS = "shards"
-TEXT, IMAGE = "text", "image"
-ENCODER_KEY = b"mel.encoder_id"
 MANIFEST_FIELDS = ("encoder_id", "config_hash", "factory", "metric", "entity_template")
 
 
@@ -64,7 +71,8 @@ def entity_table(kb: KB, template: str) -> pa.Table:
         "name": pa.array([e.name for e in ents], pa.string()),
         "aliases": pa.array([list(e.aliases) for e in ents], pa.list_(pa.string())),
         "description": pa.array([e.description for e in ents], pa.string()),
-        "attributes": pa.array([json.dumps(e.attributes, ensure_ascii=False, sort_keys=True) for e in ents],
+        # attribute order is kept: it is part of the embedded text (an update re-renders it from this table)
+        "attributes": pa.array([json.dumps(e.attributes, ensure_ascii=False) for e in ents],
                                pa.string()),
         "images": pa.array([list(e.images) for e in ents], pa.list_(pa.string())),
         "text": pa.array(entity_texts(kb, template), pa.string()),
@@ -83,66 +91,18 @@ def image_rows(kb: KB) -> tuple[list[int], list[str], list[str]]:
 
 
 # ----------------------------------------------------------------------------- shards
-class ShardWriter:
-    """Appends embedding batches and writes ``<kind>-NNNNN.parquet`` files of about ``shard_rows`` rows.
-
-    Text shards hold (entity_id, position, vector); image shards (owner, entity_id, image, vector).
-    Each file records the encoder id in its schema metadata.
-    """
-
-    def __init__(self, shards_dir: str | Path, kind: str, encoder_id: str, shard_rows: int) -> None:
-        if kind not in (TEXT, IMAGE):
-            raise ValueError(f"shard kind must be {TEXT!r} or {IMAGE!r}, got {kind!r}")
-        self.dir = Path(shards_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.kind, self.encoder_id, self.shard_rows = kind, encoder_id, shard_rows
-        self._pending: list[dict[str, Any]] = []
-        self._pending_rows = 0
-        self.files: list[Path] = []
-        self.rows = 0
-
-    def add(self, columns: Mapping[str, Any]) -> None:
-        vec = np.asarray(columns["vector"], dtype=np.float32)
-        if vec.ndim != 2:
-            raise ValueError(f"{self.kind} shard: vectors must be 2-D, got shape {vec.shape}")
-        cols = {k: list(v) if k != "vector" else vec for k, v in columns.items()}
-        self._pending.append(cols)
-        self._pending_rows += len(vec)
-        self.rows += len(vec)
-        if self._pending_rows >= self.shard_rows:
-            self._flush()
-
-    def close(self) -> list[Path]:
-        if self._pending_rows or not self.files:
-            self._flush()
-        return self.files
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        parts, self._pending, self._pending_rows = self._pending, [], 0
-        keys = ["entity_id", "position"] if self.kind == TEXT else ["owner", "entity_id", "image"]
-        cols: dict[str, pa.Array] = {}
-        for k in keys:
-            typ = pa.int64() if k in ("position", "owner") else pa.string()
-            cols[k] = pa.array([x for p in parts for x in p[k]], typ)
-        vecs = np.concatenate([p["vector"] for p in parts]) if parts else np.zeros((0, 0), np.float32)
-        dim = vecs.shape[1] if vecs.ndim == 2 else 0
-        cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim)
-        table = pa.table(cols).replace_schema_metadata({ENCODER_KEY: self.encoder_id.encode()})
-        path = self.dir / f"{self.kind}-{len(self.files):05d}.parquet"
-        pq.write_table(table, path)
-        self.files.append(path)
-
-
-def read_shards(shards_dir: str | Path, kind: str, *, encoder_id: str | None = None) -> pa.Table:
-    """Concatenate the ``kind`` shards of a directory; refuse shards made by another encoder."""
+# Shards are written by mel.index.staging.ShardWriter (fixed, content-addressed position ranges).
+def read_shards(shards_dir: str | Path, kind: str, *, encoder_id: str | None = None,
+                allow_empty: bool = False) -> pa.Table | None:
+    """Concatenate the ``kind`` shards of a directory (in file-name order); refuse shards made by another
+    encoder. No shard files: InputError, or ``None`` with ``allow_empty``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     files = sorted(Path(shards_dir).glob(f"{kind}-*.parquet"))
     if not files:
+        if allow_empty:
+            return None
         raise InputError(f"no {kind} embedding shards ({kind}-*.parquet)", path=str(shards_dir))
     tables = []
     for f in files:
@@ -157,12 +117,13 @@ def read_shards(shards_dir: str | Path, kind: str, *, encoder_id: str | None = N
 def shard_vectors(table: pa.Table) -> np.ndarray:
     col = table.column("vector").combine_chunks()
     dim = col.type.list_size
-    return np.asarray(col.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
 def text_vectors_from_shards(shards_dir: str | Path, kb: KB, encoder_id: str) -> np.ndarray:
     """(n, d) vectors with row = KB position; every entity exactly once, ids matching the KB."""
     t = read_shards(shards_dir, TEXT, encoder_id=encoder_id)
+    assert t is not None
     pos = t.column("position").to_numpy()
     n = len(kb)
     counts = np.bincount(pos[(pos >= 0) & (pos < n)], minlength=n)
@@ -180,10 +141,15 @@ def text_vectors_from_shards(shards_dir: str | Path, kb: KB, encoder_id: str) ->
     return shard_vectors(t)[order]
 
 
-def image_vectors_from_shards(shards_dir: str | Path, n_entities: int,
-                              encoder_id: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(vectors (m, d), owner positions (m,), image paths) sorted by (owner, image order in the shards)."""
-    t = read_shards(shards_dir, IMAGE, encoder_id=encoder_id)
+def image_vectors_from_shards(shards_dir: str | Path, n_entities: int, encoder_id: str,
+                              dim: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(vectors (m, d), owner positions (m,), image paths) of the readable images (``ok``), sorted by (owner,
+    path). No image shards (a KB without images): empty arrays, of dim ``dim`` when given."""
+    t = read_shards(shards_dir, IMAGE, encoder_id=encoder_id, allow_empty=True)
+    if t is None:
+        return np.zeros((0, dim or 0), np.float32), np.zeros(0, np.int64), []
+    if "ok" in t.column_names:
+        t = t.filter(t.column("ok"))
     owner = t.column("owner").to_numpy().astype(np.int64)
     if len(owner) and (owner.min() < 0 or owner.max() >= n_entities):
         raise ArtifactMismatch(f"{shards_dir}: image shard owner outside 0..{n_entities - 1}")
@@ -193,9 +159,16 @@ def image_vectors_from_shards(shards_dir: str | Path, n_entities: int,
 
 
 # ----------------------------------------------------------------------------- faiss
-def build_faiss(vectors: np.ndarray, ids: np.ndarray, factory: str, metric: str) -> faiss.Index:
-    """``IndexIDMap2(index_factory(d, factory, metric))``, trained on ``vectors`` when the index needs it."""
-    import faiss
+# Planning (factory 'auto', parameters) lives in mel.index.faiss_plan, building and merging in mel.index.faiss_ops.
+def build_faiss(vectors: np.ndarray, ids: np.ndarray, factory: str, metric: str, *, plan: FaissPlan | None = None,
+                use_gpu: bool = False) -> faiss.Index:
+    """One in-memory index over ``vectors`` with the given ids: trained on a seeded sample when the layout needs
+    it, then every vector added. ``factory`` may be 'auto' (see :func:`~mel.index.faiss_plan.choose_factory`,
+    default knobs); ``plan`` overrides both. IVF layouts keep their own ids; others are wrapped in
+    ``IndexIDMap2``."""
+    from mel.config import IndexConfig
+    from mel.index.faiss_ops import add_vectors, new_index, train_index, training_sample
+    from mel.index.faiss_plan import choose_factory
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
@@ -205,33 +178,19 @@ def build_faiss(vectors: np.ndarray, ids: np.ndarray, factory: str, metric: str)
         raise ValueError(f"build_faiss: {len(vectors)} vectors but ids of shape {ids.shape}")
     if metric not in ("ip", "l2"):
         raise ConfigError(f"index.metric must be 'ip' or 'l2', got {metric!r}")
-    if "IDMap" in factory:
-        raise ConfigError(f"index.factory {factory!r}: leave out IDMap, the id mapping is added by the builder")
-    metric_type = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-    try:
-        base = faiss.index_factory(vectors.shape[1], factory, metric_type)
-    except RuntimeError as e:
-        raise ConfigError(f"index.factory {factory!r}: faiss cannot build it: {str(e).strip()}") from e
-    index = faiss.IndexIDMap2(base)
-    if not index.is_trained:
-        try:
-            index.train(vectors)
-        except RuntimeError as e:
-            raise ConfigError(f"index.factory {factory!r}: training on {len(vectors)} vectors failed "
-                              f"(too few for this factory? use 'Flat' for small KBs): {str(e).strip()}") from e
-    index.add_with_ids(vectors, ids)
+    if plan is None:
+        plan = choose_factory(len(vectors), vectors.shape[1], IndexConfig(factory=factory, metric=metric))
+    index, _ = train_index(new_index(plan), training_sample(vectors, plan), plan, use_gpu=use_gpu)
+    add_vectors(index, vectors, ids)
     return index
 
 
-def set_nprobe(index: faiss.Index, nprobe: int) -> None:
-    """Set ``nprobe`` on the IVF index inside ``index`` (no-op for non-IVF indexes)."""
-    import faiss
+def set_nprobe(index: faiss.Index, nprobe: int, ef_search: int | None = None) -> None:
+    """Set ``nprobe`` on the IVF index inside ``index`` (and efSearch >= nprobe on an HNSW coarse quantizer);
+    no-op for non-IVF indexes."""
+    from mel.index.faiss_ops import set_search_params
 
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return
-    ivf.nprobe = nprobe
+    set_search_params(index, nprobe=nprobe, ef_search=ef_search)
 
 
 # ----------------------------------------------------------------------------- assembly
@@ -247,12 +206,20 @@ def file_sizes(index_dir: str | Path) -> dict[str, int]:
 
 
 def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, manifest_fields: Mapping[str, Any], *,
-                       image_encoder_id: str | None = None, images_missing: int = 0) -> Manifest:
+                       image_encoder_id: str | None = None, images_missing: int = 0,
+                       counts: Mapping[str, int] | None = None, version: int = 1,
+                       parent: Mapping[str, Any] | None = None, index_cfg: IndexConfig | None = None,
+                       parallel_add: ParallelAdd | None = None) -> Manifest:
     """Turn embedding shards into a complete index directory; the manifest is written last.
 
     ``manifest_fields`` must hold encoder_id, config_hash, factory, metric, entity_template.
     ``image_encoder_id`` given: image shards are read too. ``shards_dir`` is moved to ``out_dir/shards``
     when it lies elsewhere. ``out_dir`` should be the temp dir of :func:`mel.index.atomic.atomic_dir`.
+    ``counts`` adds to the manifest counts (e.g. embedded_vectors, reused_vectors); ``version`` and
+    ``parent`` record the lineage (1 and None for a full build; see mel.index.update).
+    ``index_cfg`` holds the knobs of factory 'auto', search shards, on-disk merge and GPU use (defaults when
+    None); ``parallel_add`` (e.g. pipelines.faiss_build.RayParallelAdd) adds the text shards in parallel.
+    The manifest records the resolved factory string and ``index_params``.
     """
     import faiss
     import pyarrow.parquet as pq
@@ -272,7 +239,10 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
     pq.write_table(entity_table(kb, str(manifest_fields["entity_template"])), out / ENTITIES)
     text = text_vectors_from_shards(shards, kb, encoder_id)
     _save_npy(out / TEXT_VECTORS, text)
-    faiss.write_index(build_faiss(text, np.arange(len(text)), factory, metric), str(out / TEXT_INDEX))
+    from mel.index.faiss_ops import write_text_index  # text index: plan, train once, add (parallel), merge
+
+    factory, index_params = write_text_index(out, text, factory, metric, index_cfg=index_cfg, shards_dir=shards,
+                                             parallel_add=parallel_add)
 
     n_img, image_dim = 0, None
     if image_encoder_id is not None:
@@ -288,9 +258,10 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
     manifest = Manifest(
         encoder_id=encoder_id, dim=int(text.shape[1]), metric=metric, factory=factory, kb_hash=kb.content_hash(),
         config_hash=str(manifest_fields["config_hash"]), entity_template=str(manifest_fields["entity_template"]),
-        counts={"entities": len(kb), "text_vectors": len(text), "image_vectors": n_img,
-                "images_missing": int(images_missing)},
-        image_encoder_id=image_encoder_id, image_dim=image_dim, files=file_sizes(out),
+        counts={**{k: int(v) for k, v in (counts or {}).items()}, "entities": len(kb), "text_vectors": len(text),
+                "image_vectors": n_img, "images_missing": int(images_missing)},
+        image_encoder_id=image_encoder_id, image_dim=image_dim, files=file_sizes(out), version=int(version),
+        parent=dict(parent) if parent is not None else None, index_params=index_params,
     )
     _fsync_dir(out)
     write_manifest(out, manifest)

@@ -40,6 +40,14 @@ class Manifest:
     image_dim: int | None = None
     files: dict[str, int] = field(default_factory=dict)
     """Size in bytes of every file of the artifact (relative path -> bytes), checked on load."""
+    version: int = 1
+    """Index version: 1 for a full build, the parent's version + 1 for an incremental update."""
+    parent: dict[str, Any] | None = None
+    """For an update: the index it was made from (``dir``, ``version``, ``kb_hash``) and the ``delta`` file."""
+    index_params: dict[str, Any] = field(default_factory=dict)
+    """How the text index was made and is searched: resolved factory parameters (nlist, nprobe, hnsw_m,
+    ef_search, pq_m, ...), training sample, search shards (file + position range), on-disk lists, device.
+    Empty for indexes made before it existed (one text.faiss, searched as it was saved)."""
     format_version: int = FORMAT_VERSION
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -47,11 +55,15 @@ class Manifest:
         return asdict(self)
 
 
-_REQUIRED = {f.name for f in fields(Manifest) if f.name not in ("image_encoder_id", "image_dim", "files")}
+_REQUIRED = {f.name for f in fields(Manifest)
+             if f.name not in ("image_encoder_id", "image_dim", "files", "version", "parent",
+                                 "index_params")}
 _TYPES: dict[str, tuple[type, ...]] = {
     "encoder_id": (str,), "dim": (int,), "metric": (str,), "factory": (str,), "kb_hash": (str,),
     "config_hash": (str,), "entity_template": (str,), "counts": (dict,), "image_encoder_id": (str, type(None)),
     "image_dim": (int, type(None)), "files": (dict,), "format_version": (int,), "created_at": (str,),
+    "version": (int,), "parent": (dict, type(None)),
+    "index_params": (dict,),
 }
 
 

@@ -50,8 +50,9 @@ def kb_format(path: Path) -> str:
                      path=str(path))
 
 
-def _iter_parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(row_number, record)`` (1-based) from a Parquet KB, after checking its columns."""
+def _iter_parquet_records(path: Path, allowed: tuple[str, ...] = KB_FIELDS,
+                          required: tuple[str, ...] = KB_REQUIRED) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(row_number, record)`` (1-based) from a Parquet KB (or KB delta), after checking its columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -60,11 +61,11 @@ def _iter_parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"not a readable Parquet file: {e}", path=str(path)) from None
     schema = pf.schema_arrow
-    unknown = [n for n in schema.names if n not in KB_FIELDS]
+    unknown = [n for n in schema.names if n not in allowed]
     if unknown:
         raise InputError(f"unknown column(s) {', '.join(repr(n) for n in unknown)}; "
-                         f"allowed columns: {', '.join(KB_FIELDS)}", path=str(path))
-    for name in KB_REQUIRED:
+                         f"allowed columns: {', '.join(allowed)}", path=str(path))
+    for name in required:
         if name not in schema.names:
             raise InputError(f"required column {name!r} is missing", path=str(path))
     map_columns = {f.name for f in schema if pa.types.is_map(f.type)}

@@ -2,7 +2,8 @@
 
 Output is constrained to the option letters and decoded greedily, so it is deterministic. The
 engine's probability over the letters is fused with the retrieval score:
-``final = (1 - w) * retrieval + w * P(letter)``; options not shown keep ``(1 - w) * retrieval``.
+``final = (1 - w) * retrieval + w * P(letter)``; options not shown keep ``(1 - w) * retrieval``. "retrieval" is the
+score a candidate enters the stage with: the retrieval score, or the re-ranked score when ``retrieval.rerank`` is on.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class LLMSelector:
                 scores = dict(c.scores)
                 if j < len(labels):
                     scores["llm"] = p
-                final = fuse(scores.get("retrieval", c.score), p, w)
+                final = fuse(c.score, p, w)  # the score entering the stage: retrieval, or re-ranked when on
                 scores["final"] = final
                 rescored.append(Candidate(c.entity_id, c.name, final, scores))
             rescored.sort(key=lambda c: -c.score)

@@ -94,7 +94,10 @@ def test_failure_mid_build_leaves_no_output(ray_local: None, tmp_path: Path, kb_
     one_worker.pipelines.index.workers = 1  # cheaper: one actor loads the model
     with pytest.raises(OSError, match="injected"):
         job.run_index(kb_file, tmp_path / "idx", one_worker, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    # no index directory; only the complete shards stay in the staging dir, for a rerun to resume from
+    assert [p.name for p in tmp_path.iterdir()] == ["idx.staging"]
+    staged = sorted(f.name for f in (tmp_path / "idx.staging").iterdir())
+    assert staged and all(f.startswith("text-") and f.endswith(".parquet") for f in staged)
 
 
 def test_ray_image_vectors_match_local(ray_local: None, tmp_path: Path, tiny_clip_config: str) -> None:
@@ -121,7 +124,10 @@ def test_ray_image_vectors_match_local(ray_local: None, tmp_path: Path, tiny_cli
     ray_dir = run_index(kb, tmp_path / "ray", cfg, progress=False)
     local_dir = run_index_local(kb, tmp_path / "local", cfg)
     ma, mb = read_manifest(ray_dir), read_manifest(local_dir)
-    assert ma.counts == mb.counts == {"entities": 7, "text_vectors": 7, "image_vectors": 7, "images_missing": 1}
+    assert ma.counts == mb.counts
+    assert {k: ma.counts[k] for k in ("entities", "text_vectors", "image_vectors", "images_missing")} == {
+        "entities": 7, "text_vectors": 7, "image_vectors": 7, "images_missing": 1}
+    assert ma.counts["embedded_images"] == 8 and ma.counts["reused_images"] == 0  # 8 image rows, one unreadable
     assert ma.image_encoder_id == mb.image_encoder_id and ma.image_dim == 32
     np.testing.assert_array_equal(np.load(ray_dir / "image_owner.npy"), [0, 1, 2, 3, 4, 4, 5])
     np.testing.assert_allclose(np.load(ray_dir / "image.npy"), np.load(local_dir / "image.npy"), atol=1e-5)

@@ -73,7 +73,8 @@ def test_round_trip_manifest_and_files(built: Path, kb_file: Path, cfg: Config) 
     kb = read_kb(kb_file)
     assert m.encoder_id == "fake:hashing-64" and m.dim == 64 and m.metric == "ip" and m.factory == "Flat"
     assert m.kb_hash == kb.content_hash() and m.config_hash == cfg.hash()
-    assert m.counts == {"entities": 12, "text_vectors": 12, "image_vectors": 0, "images_missing": 0}
+    assert m.counts == {"entities": 12, "text_vectors": 12, "image_vectors": 0, "images_missing": 0,
+                        "embedded_vectors": 12, "reused_vectors": 0, "resumed_vectors": 0}
     assert m.image_encoder_id is None and m.entity_template == cfg.index.entity_template
     # 12 rows in shards of 4 -> several shard files, all recorded in the manifest with their sizes
     assert len(sorted((built / "shards").glob("text-*.parquet"))) == 3
@@ -211,7 +212,7 @@ def test_rebuild_replaces_index(built: Path, tmp_path: Path, cfg: Config) -> Non
     import pyarrow.parquet as pq
 
     shards = sorted((built / "shards").glob("text-*.parquet"))  # old shards (12 rows, 3 files) are gone
-    assert sum(pq.read_metadata(f).num_rows for f in shards) == 5 and len(shards) == 1
+    assert sum(pq.read_metadata(f).num_rows for f in shards) == 5 and len(shards) == 2  # positions 0-3, 4
 
 
 def test_bad_encoder_output_is_refused(tmp_path: Path, kb_file: Path, cfg: Config) -> None:
