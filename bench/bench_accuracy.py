@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from mel import commands
     from mel.config import load_config
     from mel.eval import write_report
+    from mel.fileio import write_text_atomic
     from mel.methods import build_linker
 
     cfg = load_config(args.config, args.overrides)
@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             if linker is not None and getattr(linker, "selector", None) is not None:
                 linker.selector.engine.shutdown()
             print(json.dumps({ds: {method: entry}}, indent=1), flush=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, out)
+            write_text_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return 0
 
 

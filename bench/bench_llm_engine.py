@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from mel.config import LLMConfig
+    from mel.fileio import write_text_atomic
     from mel.llm.base import LoRASpec
     from mel.llm.vllm_engine import VLLMEngine
     from mel.models.sources import default_cache_dir, resolve_model
@@ -85,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 res[f"choose8_{name}_repeat_s"] = round(time.perf_counter() - t0, 3)
         finally:
             engine.shutdown()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(res, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_text_atomic(args.out, json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
     return 0
 

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from mel import commands
     from mel.config import load_config
     from mel.datasets import load_dataset
+    from mel.fileio import write_text_atomic
     from serve.linking import LocalGraph
 
     cfg = load_config(args.config, args.overrides + [f"method={args.method}"])
@@ -243,11 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/bench_serving.py " + " ".join(argv or sys.argv[1:])}
     if overload is not None:
         result["overload"] = overload
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -25,7 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mel.stages.rerank import fuse_rerank  # noqa: E402  (after the sys.path insert)
+from mel.fileio import write_text_atomic  # noqa: E402  (after the sys.path insert)
+from mel.stages.rerank import fuse_rerank  # noqa: E402
 
 QUERY_TEMPLATES = {
     "surface+context": "{surface}. {context}",
@@ -275,10 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                                             for f in formats}
         print(json.dumps({k: results[k] for k in ("best", "recommended", "recommended_by_format")}, indent=1),
                          flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mel.stages.select import fuse  # noqa: E402  (after the sys.path insert)
+from mel.fileio import write_text_atomic  # noqa: E402  (after the sys.path insert)
+from mel.stages.select import fuse  # noqa: E402
 
 WEIGHTS = [round(0.05 * i, 2) for i in range(21)]
 
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                          "llm_seconds": round(secs, 1), "candidates_shown": cfg.selection.candidates,
                          "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype}
         print(json.dumps({name: results[name]}, indent=1), flush=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     if engine is not None:
         engine.shutdown()
     return 0

@@ -110,14 +110,8 @@ class RetrieverDeployment:
         the request's mentions ran in, per stage (ms); and the sizes of those batches."""
         t0 = time.perf_counter()
         rid = request_id or current_request_id()
-        try:
-            outs = await asyncio.gather(*(self.retrieve_batch((m, im, k)) for m, im in zip(mentions, images)))
-        except Exception as e:
-            ms = 1000 * (time.perf_counter() - t0)
-            self.metrics.call(ms, error="internal")
-            log_event("retrieve", RETRIEVER, rid, ms, f"retrieve failed: {e!r}", level=logging.ERROR,
-                      mentions=len(mentions))
-            raise
+        outs = await gather_batched(self.metrics, RETRIEVER, rid, t0,
+                                    [self.retrieve_batch((m, im, k)) for m, im in zip(mentions, images)])
         results = [o[0] for o in outs]
         model_ms, sizes = batch_totals(outs)
         ms = 1000 * (time.perf_counter() - t0)
@@ -135,6 +129,20 @@ class RetrieverDeployment:
         results, batch_ms = step.run([it[0] for it in items], [it[1] for it in items], max(it[2] for it in items))
         return [(Retrieved(r.candidates[: step.pool(it[2])], r.texts), batch_ms, len(items), self._batches)
                 for r, it in zip(results, items)]
+
+
+async def gather_batched(metrics: StageMetrics, deployment: str, request_id: str, t0: float,
+                         calls: list[Any]) -> list[Any]:
+    """Await one request's per-mention ``@serve.batch`` calls; on failure record the error metric and an error
+    log line for the stage (``metrics.stage``) before re-raising."""
+    try:
+        return list(await asyncio.gather(*calls))
+    except Exception as e:
+        ms = 1000 * (time.perf_counter() - t0)
+        metrics.call(ms, error="internal")
+        log_event(metrics.stage, deployment, request_id, ms, f"{metrics.stage} failed: {e!r}", level=logging.ERROR,
+                  mentions=len(calls))
+        raise
 
 
 def batch_totals(outs: list[tuple[Any, dict[str, float], int, int]]) -> tuple[dict[str, float], list[int]]:
@@ -173,14 +181,8 @@ class SelectorDeployment:
         candidate lists, the engine time of the batches they ran in (ms), and the batch sizes."""
         t0 = time.perf_counter()
         rid = request_id or current_request_id()
-        try:
-            outs = await asyncio.gather(*(self.select_batch((m, r, adapter)) for m, r in zip(mentions, retrieved)))
-        except Exception as e:
-            ms = 1000 * (time.perf_counter() - t0)
-            self.metrics.call(ms, error="internal")
-            log_event("select", SELECTOR, rid, ms, f"select failed: {e!r}", level=logging.ERROR,
-                      mentions=len(mentions))
-            raise
+        outs = await gather_batched(self.metrics, SELECTOR, rid, t0,
+                                    [self.select_batch((m, r, adapter)) for m, r in zip(mentions, retrieved)])
         cands = [o[0] for o in outs]
         model_ms, sizes = batch_totals(outs)
         ms = 1000 * (time.perf_counter() - t0)

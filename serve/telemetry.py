@@ -118,6 +118,7 @@ class StageMetrics:
 
     def __init__(self, stage: str, method: str, factory: MetricsFactory | None = None) -> None:
         f = factory or ServeMetricsFactory()
+        self.stage = stage
         self.tags = {"stage": stage, "method": method}
         self.requests = f.counter("mel_stage_requests", "Calls of a linking stage.", self.TAGS)
         self.errors = f.counter("mel_stage_errors", "Failed calls of a linking stage, by error kind.",

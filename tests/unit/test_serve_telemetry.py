@@ -112,3 +112,36 @@ def test_log_event_carries_request_id_stage_deployment_latency(caplog: pytest.Lo
     line = json.loads(JSONFormatter().format(rec))
     assert {"request_id": "rid-1", "stage": "retrieve", "deployment": "Retriever", "latency_ms": 12.346}.items() \
         <= line.items()
+
+
+def test_gather_batched_records_a_failed_stage_call() -> None:
+    import asyncio
+
+    from serve.deployments import gather_batched
+
+    async def ok(x: int) -> int:
+        return x
+
+    async def boom() -> int:
+        raise ValueError("encoder down")
+
+    reg = FakeRegistry()
+    m = StageMetrics("retrieve", "retrieval", reg)
+    assert asyncio.run(gather_batched(m, "Retriever", "r-1", 0.0, [ok(1), ok(2)])) == [1, 2]
+    assert reg.values("mel_stage_errors") == []
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]  # Ray Serve's logger does not propagate to caplog
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match="encoder down"):
+            asyncio.run(gather_batched(m, "Retriever", "r-2", 0.0, [ok(1), boom()]))
+    finally:
+        logger.removeHandler(handler)
+    errs = reg.values("mel_stage_errors")
+    assert [t["error"] for _, t in errs] == ["internal"]
+    recs = [r for r in seen if getattr(r, "request_id", None) == "r-2"]
+    assert len(recs) == 1 and recs[0].levelno == logging.ERROR
+    assert (recs[0].stage, recs[0].deployment, recs[0].mentions) == ("retrieve", "Retriever", 2)
+    assert "encoder down" in recs[0].getMessage()
