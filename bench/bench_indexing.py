@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    from mel.atomic import write_text_atomic
     from mel.config import load_config
     from mel.datasets import load_dataset
-    from mel.fileio import write_text_atomic
     from mel.index import read_manifest
     from mel.kb.reader import write_kb
     from mel.raylocal import init_ray, shutdown_ray

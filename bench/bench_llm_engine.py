@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "llm_engine.json"))
     args = ap.parse_args(argv)
 
+    from mel.atomic import write_text_atomic
     from mel.config import LLMConfig
-    from mel.fileio import write_text_atomic
     from mel.llm.base import LoRASpec
     from mel.llm.vllm_engine import VLLMEngine
     from mel.models.sources import default_cache_dir, resolve_model

@@ -188,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ray import serve
 
-    from mel import commands
+    from mel.atomic import write_text_atomic
     from mel.config import load_config
     from mel.datasets import load_dataset
-    from mel.fileio import write_text_atomic
-    from serve.linking import LocalGraph
+    from mel.entrypoints import commands
+    from mel.runner import Runner
 
     cfg = load_config(args.config, args.overrides + [f"method={args.method}"])
     ds = load_dataset(args.dataset)
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.ensure_dataset_index(cfg, ds, index_dir, None)
     mentions = ds.splits["test"][: args.requests]
 
-    # In-process: the graph's steps (what `mel link` runs) called one mention at a time.
-    linker = LocalGraph.load(cfg, index_dir)
+    # In-process: the method runner (what `mel link` and `mel eval` run) called one mention at a time.
+    linker = Runner.load(cfg, index_dir)
     linker.link(mentions[:4])  # warm-up
     lat = []
     t0 = time.perf_counter()

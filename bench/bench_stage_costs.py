@@ -64,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
     import numpy as np
 
+    from mel.atomic import write_text_atomic
     from mel.config import load_config
     from mel.datasets import load_dataset
     from mel.encoders import build_text_encoder
-    from mel.fileio import write_text_atomic
     from mel.kb.reader import read_kb, write_kb
-    from mel.models.sources import default_cache_dir
     from mel.text import entity_text, mention_text
 
     load_before = round(os.getloadavg()[0], 2)
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "torch_threads": None}, "text_encoder": te.model,
                            "batch_size": te.batch_size, "max_seq_length": te.max_seq_length, "stages": {},
                            "token_lengths": {}}
-    encoder = build_text_encoder(te, str(default_cache_dir(cfg.models.cache_dir)))
+    encoder = build_text_encoder(te, cfg.models.cache_path())
     st = encoder._model  # noqa: SLF001 -- the SentenceTransformer, for tokenizer and forward timings
     import torch
 

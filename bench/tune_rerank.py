@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mel.fileio import write_text_atomic  # noqa: E402  (after the sys.path insert)
+from mel.atomic import write_text_atomic  # noqa: E402  (after the sys.path insert)
 from mel.stages.rerank import fuse_rerank  # noqa: E402
 
 QUERY_TEMPLATES = {
@@ -166,11 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from mel import commands
     from mel.config import load_config
     from mel.datasets import load_dataset
+    from mel.entrypoints import commands
     from mel.methods import build_linker
-    from mel.models.sources import default_cache_dir
     from mel.rerank import build_cross_encoder
     from mel.text import entity_text, mention_text
 
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides + ["method=retrieval", "retrieval.rerank.enabled=false",
                                                      f"retrieval.top_k={max(k_max, 20)}"])
     rcfg = cfg.retrieval.rerank
-    ce = build_cross_encoder(rcfg, default_cache_dir(cfg.models.cache_dir))
+    ce = build_cross_encoder(rcfg, cfg.models.cache_path())
     out = Path(args.out)
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     results["settings"] = {"cross_encoder": ce.id, "max_length": getattr(ce, "max_length", rcfg.max_length),
@@ -197,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         index_dir = str(Path(args.workdir) / f"index-{name}")
         commands.ensure_dataset_index(cfg, ds, index_dir, args.data_dir)
         linker = build_linker(cfg, index_dir, text_encoder=text_encoder)
-        text_encoder = linker.retriever.text_encoder
-        index = linker.retriever.index
+        text_encoder = linker.parts.text_encoder
+        index = linker.parts.index
+        retriever = linker.steps[0].retriever  # the method's first step: retrieve
         mentions = ds.splits[args.split][: args.limit]
         t0 = time.perf_counter()
         cand_lists = []
         for i in range(0, len(mentions), 64):
-            cand_lists.extend(linker.retriever.retrieve(mentions[i:i + 64]))
+            cand_lists.extend(retriever.retrieve(mentions[i:i + 64]))
         retrieve_s = time.perf_counter() - t0
         entry: dict[str, Any] = {"split": args.split, "mentions": len(mentions),
                                  "retrieval_h@1": round(recall_at([(m.gold, [(c.entity_id, c.score) for c in cl], [])
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.throughput and last_pairs:
         results["throughput"] = {"model": ce.id, "max_length": getattr(ce, "max_length", rcfg.max_length),
                                  "cpus": os.cpu_count(), "runs": measure_throughput(
-                                     rcfg, last_pairs[: args.throughput], default_cache_dir(cfg.models.cache_dir))}
+                                     rcfg, last_pairs[: args.throughput], cfg.models.cache_path())}
     complete = {k: v for k, v in per_setting.items() if len(v) == len(args.datasets)}
     if complete:
         results["best"] = summarize(complete, max(complete, key=lambda k: (mean(complete[k]), -weight_of(k))),

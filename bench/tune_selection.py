@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mel.fileio import write_text_atomic  # noqa: E402  (after the sys.path insert)
+from mel.atomic import write_text_atomic  # noqa: E402  (after the sys.path insert)
 from mel.stages.select import fuse  # noqa: E402
 
 WEIGHTS = [round(0.05 * i, 2) for i in range(21)]
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from mel import commands
     from mel.config import load_config
     from mel.datasets import load_dataset
+    from mel.entrypoints import commands
     from mel.methods import build_linker
 
     cfg = load_config(args.config, args.overrides + ["selection.fusion_weight=1.0", "method=llm-select"])
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         index_dir = str(Path(args.workdir) / f"index-{name}")
         commands.ensure_dataset_index(cfg, ds, index_dir, None)
         linker = build_linker(cfg, index_dir, engine=engine)
-        engine = linker.selector.engine  # share one engine across datasets
+        engine = linker.parts.engine  # share one engine across datasets
         mentions = ds.splits[args.split][: args.limit]
         t0 = time.perf_counter()
         res = commands.link_in_batches(linker, mentions, 32)

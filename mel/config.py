@@ -68,6 +68,13 @@ class ModelsConfig(Strict):
     image_encoder: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig, description="Image embedder.")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM engine used by selectors.")
 
+    def cache_path(self) -> str:
+        """The model cache directory, derived in this one place: ``cache_dir`` when set, else ``$MEL_CACHE``, else
+        ``~/.cache/mel`` (absolute)."""
+        from mel.models.sources import default_cache_dir
+
+        return default_cache_dir(self.cache_dir)
+
 
 # ----------------------------------------------------------------------------- index / retrieval
 class IndexConfig(Strict):
@@ -333,7 +340,7 @@ class SubmitConfig(Strict):
         f"{', '.join(SUBMIT_RUNTIME_ENV_KEYS)}.")
     entrypoint_num_cpus: float = Field(0, ge=0, description="CPUs reserved for the job's driver.")
     entrypoint_num_gpus: float = Field(0, ge=0, description="GPUs reserved for the job's driver.")
-    python: str = Field("python", description="Python executable that runs `-m mel.cli` on the cluster.")
+    python: str = Field("python", description="Python executable that runs `-m mel` on the cluster.")
     wait: bool = Field(True, description="Wait for the job and return its exit status (0 succeeded, 1 failed, "
                        "130 stopped); false returns once it is submitted.")
     follow_logs: bool = Field(True, description="Stream the job's logs while waiting (else only status changes).")
@@ -363,7 +370,14 @@ class SubmitConfig(Strict):
 
 # ----------------------------------------------------------------------------- root
 class Config(Strict):
-    method: str = Field("llm-select", description="Registered linking method ('retrieval', 'llm-select').")
+    method: str = Field("llm-select", description="Registered linking method ('retrieval', 'llm-select'); checked "
+                        "against the method registry where a method is built (`mel methods` lists them).")
+    plugins: list[str] = Field(
+        default_factory=list, description="Python modules imported before a method is looked up (in the CLI, the "
+        "runner, every Serve replica and Ray Data actor): importing one registers its own steps and methods.")
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-method settings, `methods.<name>.<key>`: validated by that method's "
+        "own settings model when it is built (unknown keys refused there).")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model sources.")
     index: IndexConfig = Field(default_factory=IndexConfig, description="Index construction.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Candidate retrieval.")
@@ -373,14 +387,6 @@ class Config(Strict):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig, description="Ray Data jobs.")
     submit: SubmitConfig = Field(default_factory=SubmitConfig, description="`mel submit`: jobs on a Ray cluster.")
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        from mel.methods import registry
-
-        registry.check_name(v)
-        return v
 
     def hash(self) -> str:
         """Stable hash of the settings (used in artifact manifests)."""

@@ -24,8 +24,8 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mel.atomic import write_text_atomic
 from mel.errors import InputError
-from mel.fileio import write_text_atomic
 from mel.kb.model import KB
 from mel.types import LinkResult, Mention
 
@@ -94,6 +94,38 @@ def latency_stats(results: Iterable[LinkResult]) -> dict[str, dict[str, float]]:
     }
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """The Wilson score interval (percent) of a rate ``successes / n``; 95% by default. None when n is 0."""
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n], got {successes} of {n}")
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def fixed_sample(mentions: Sequence[Mention], n: int, seed: int = 0) -> list[Mention]:
+    """A fixed, seeded sample of ``n`` mentions, in their original order.
+
+    Each mention is ranked by a hash of ``(seed, mention id)``, so the sample depends only on the ids, ``n`` and
+    the seed: the same mentions for every method and every run, whatever order the split is read in, and a
+    smaller sample is a subset of a larger one with the same seed. ``n`` >= the split size gives the whole split.
+    """
+    import hashlib
+
+    if n < 1:
+        raise ValueError(f"sample size must be >= 1, got {n}")
+
+    def key(m: Mention) -> bytes:
+        return hashlib.sha256(f"{seed}\x00{m.id}".encode()).digest()
+
+    chosen = {id(m) for m in sorted(mentions, key=key)[:n]}
+    return [m for m in mentions if id(m) in chosen]
+
+
 def _ranking(ranks: list[int | None], ks: Sequence[int], n: int) -> dict[str, float | None]:
     out: dict[str, float | None] = {f"hits@{k}": _pct(sum(r is not None and r <= k for r in ranks), n) for k in ks}
     out["mrr"] = _pct(sum(1.0 / r for r in ranks if r is not None), n)
@@ -160,6 +192,11 @@ def evaluate(mentions: Sequence[Mention], results: Sequence[LinkResult], kb_ids:
         },
         "nil": {"precision": nil_p, "recall": nil_r, "f1": nil_f1,
                 "true_positives": nil_tp, "predicted": n_pred_nil, "expected": n_nil},
+        "confidence": {
+            "level": 95, "method": "wilson",
+            "hits@1_all_mentions": _ci(sum(r == 1 for r in ranks), n),
+            "hits@1_in_kb_only": _ci(sum(r == 1 for r in ranks_in_kb), n_in_kb),
+        },
         "latency_ms": latency_stats(ordered),
         "methods": sorted({r.method for r in ordered if r.method}),
         "ks": list(ks),
@@ -170,6 +207,11 @@ def evaluate(mentions: Sequence[Mention], results: Sequence[LinkResult], kb_ids:
             for m, r, ok, c, rk in zip(mentions, ordered, in_kb, correct, ranks, strict=True)
         ]
     return report
+
+
+def _ci(successes: int, n: int) -> list[float] | None:
+    ci = wilson_interval(successes, n)
+    return None if ci is None else [ci[0], ci[1]]
 
 
 def index_recall(approx_ids: Sequence[Sequence[Any]], exact_ids: Sequence[Sequence[Any]], k: int) -> float:
@@ -233,6 +275,12 @@ def format_table(report: dict[str, Any]) -> str:
            f"(gold null {c['gold_none']}, gold not in KB {c['gold_not_in_kb']})  predicted NIL {c['predicted_nil']}"]
     if report.get("methods"):
         out.append(f"method: {', '.join(report['methods'])}")
+    if report.get("sample"):
+        sm = report["sample"]
+        out.append(f"fixed sample: {sm['n']} of {sm['of']} mentions (seed {sm['seed']})")
+    ci = (report.get("confidence") or {}).get("hits@1_all_mentions")
+    if ci:
+        out.append(f"H@1 95% CI (all mentions, Wilson): [{ci[0]:.2f}, {ci[1]:.2f}]")
     out.append("")
     rk = report["ranking"]
     metrics = [f"hits@{k}" for k in report["ks"]] + ["mrr"]

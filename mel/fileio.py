@@ -1,13 +1,11 @@
-"""Small file helpers shared by readers and writers: JSONL iteration with line numbers, atomic output,
-and image-path resolution. Light: standard library only."""
+"""Small file helpers shared by readers: JSONL iteration with line numbers and image-path resolution (atomic
+output is :mod:`mel.atomic`). Light: standard library only."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,46 +53,6 @@ def json_type(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
-
-    Readers therefore never see a partial file. Parent directories are created.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_jsonl_atomic(path: str | Path, records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:
-    """Write one JSON object per line, atomically. Returns the number of records written."""
-    n = 0
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False))
-            f.write("\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    return n
 
 
 def resolve_path(value: str, base_dir: Path) -> str:

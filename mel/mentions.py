@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mel.atomic import write_jsonl_atomic
 from mel.errors import InputError
-from mel.fileio import iter_jsonl, relative_if_under, write_jsonl_atomic
+from mel.fileio import iter_jsonl, relative_if_under
 from mel.kb.schema import (
     Where,
     check_fields,

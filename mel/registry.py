@@ -16,8 +16,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, callable_only: bool = True) -> None:
         self.kind = kind
+        self.callable_only = callable_only
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -25,7 +26,7 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} name {name!r} must be a lowercase slug ([a-z][a-z0-9_-]*)")
 
         def deco(obj: T) -> T:
-            if not callable(obj):
+            if self.callable_only and not callable(obj):
                 raise TypeError(f"{self.kind} {name!r}: registered object must be callable")
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered")

@@ -41,9 +41,7 @@ def set_progress(enabled: bool) -> None:
 
 
 def model_cache_dir(cfg: Config) -> str:
-    from mel.models.sources import default_cache_dir
-
-    return str(default_cache_dir(cfg.models.cache_dir))
+    return cfg.models.cache_path()
 
 
 def dataset_from_table(table: pa.Table, batch_size: int) -> ray.data.Dataset:

@@ -14,7 +14,7 @@ Three entry points share one driver (:func:`build_index`) and differ only in wha
 Resumable: embedding shards are content-addressed and kept in a staging directory beside the output
 (mel.index.staging) until the build succeeds, so a rerun after a failure or interruption embeds only the
 ranges that were not written yet, and never reuses a shard made by another encoder or for other KB content.
-The index directory itself is assembled inside :func:`mel.index.atomic.atomic_dir` (manifest last): a failed
+The index directory itself is assembled inside :func:`mel.atomic.atomic_dir` (manifest last): a failed
 run leaves no directory a loader accepts, and a rerun replaces an old index atomically.
 """
 
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from mel.atomic import atomic_dir
 from mel.config import Config, ImageEncoderConfig, TextEncoderConfig
 from mel.errors import InputError
-from mel.index.atomic import atomic_dir
 from mel.index.build import IMAGE, SHARDS, TEXT, assemble_index_dir, entity_texts, image_rows
 from mel.index.staging import (
     COLUMNS,

@@ -1,7 +1,7 @@
 """Batch linking on Ray Data: mentions JSONL in, results JSONL out.
 
-Each actor of the pool loads the graph's steps once (:class:`serve.linking.LocalGraph`: the retrieve, select and
-finish code the Serve deployments run), so batch and online answers for the same mention agree. The output file
+Each actor of the pool builds the method's runner once (:class:`mel.runner.Runner`: the declared steps the Serve
+deployments run too), so batch and online answers for the same mention agree. The output file
 appears only when every mention is linked.
 """
 
@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from mel.atomic import write_jsonl_atomic
 from mel.config import Config
 from mel.types import LinkResult, Mention
 
 log = logging.getLogger("mel.link")
-
-
-def _write_results_atomic(results: list[dict[str, Any]], out_path: str) -> None:
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in results:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _mention_from_row(row: dict[str, Any]) -> Mention:
@@ -49,15 +32,15 @@ def _row_from_mention(m: Mention) -> dict[str, Any]:
 
 
 class LinkerActor:
-    """Ray Data callable class: loads the graph's steps once per actor, links a batch per call."""
+    """Ray Data callable class: builds the method's runner once per actor, links a batch per call."""
 
     def __init__(self, cfg: dict[str, Any], index_dir: str, method: str | None) -> None:
         from mel import compat
 
         compat.prepare()
-        from serve.linking import LocalGraph
+        from mel.runner import Runner
 
-        self.linker = LocalGraph.load(Config.model_validate(cfg), index_dir, method=method)
+        self.linker = Runner.load(Config.model_validate(cfg), index_dir, method=method)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["id"])
@@ -71,13 +54,13 @@ def run_link(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *, 
     import ray
 
     from mel.mentions import read_mentions
-    from serve.linking import check_graph_method
+    from mel.methods import registry
 
-    check_graph_method(method or cfg.method)
+    registry.check_name(method or cfg.method)
     mentions = read_mentions(mentions_path)
     rows = [dict(_row_from_mention(m), order=i) for i, m in enumerate(mentions)]
     if not rows:
-        _write_results_atomic([], out_path)
+        write_jsonl_atomic(out_path, [])
         return 0
     t0 = time.perf_counter()
     p = cfg.pipelines.link
@@ -87,7 +70,7 @@ def run_link(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *, 
     out = sorted(ds.take_all(), key=lambda r: r["order"])
     if len(out) != len(rows):
         raise RuntimeError(f"batch linking returned {len(out)} results for {len(rows)} mentions")
-    _write_results_atomic([json.loads(r["result_json"]) for r in out], out_path)
+    write_jsonl_atomic(out_path, [json.loads(r["result_json"]) for r in out])
     log.info("linked %d mentions in %.1fs", len(rows), time.perf_counter() - t0)
     return len(rows)
 
@@ -95,13 +78,13 @@ def run_link(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *, 
 def run_link_local(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *,
                    method: str | None = None, linker: Any = None) -> int:
     """Single-process batch linking with the graph's steps (``linker``: anything with ``link(mentions)``, e.g. a
-    ready :class:`serve.linking.LocalGraph`)."""
+    ready :class:`mel.runner.Runner`)."""
     from mel.mentions import read_mentions
-    from serve.linking import LocalGraph
+    from mel.runner import Runner
 
     mentions = read_mentions(mentions_path)
     own = linker is None
-    linker = linker or LocalGraph.load(cfg, index_dir, method=method)
+    linker = linker or Runner.load(cfg, index_dir, method=method)
     try:
         results: list[LinkResult] = []
         for i in range(0, len(mentions), cfg.pipelines.link.batch_size):
@@ -109,5 +92,5 @@ def run_link_local(cfg: Config, index_dir: str, mentions_path: str, out_path: st
     finally:
         if own:
             linker.shutdown()  # the LLM engine, when selection ran
-    _write_results_atomic([r.to_dict() for r in results], out_path)
+    write_jsonl_atomic(out_path, [r.to_dict() for r in results])
     return len(results)

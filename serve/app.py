@@ -8,15 +8,23 @@
         import_path: serve.app:app_builder
         args: {config: configs/default.yaml, index: runs/index}
 
-The index directory reaches the Retriever only as its ``user_config``, and every deployment gets a version derived
-from its code and init arguments (the configuration), so deploying the same configuration again with another index
-directory is a light update: Serve calls ``reconfigure`` on the running Retriever replicas, which swap the index
-without a restart (see :func:`mel.commands.switch_index`). Any other change restarts the replicas it concerns.
+The app is built from the method's declaration: one deployment per host (``mel.steps.HOSTS``) that the method's
+active steps need, each running its steps, and an ingress walking the same step list. A method added to the
+registry is servable without editing this package.
+
+The index directory reaches the index-holding host only as its ``user_config``, and each model deployment gets a
+version derived from the code of the steps it runs and the config sections those steps and their parts read
+(plus its own ``serve.<section>``): changing an unrelated setting does not restart it, changing its step code or
+its settings does; deploying the same configuration again with another index directory is a light update (Serve
+calls ``reconfigure`` on the running replicas, which swap the index without a restart; see
+:func:`mel.entrypoints.commands.switch_index`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import math
 from pathlib import Path
@@ -26,13 +34,14 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
-import mel.stages as mel_stages
 from mel.config import Config, DeploymentConfig, load_config
-from serve.deployments import RETRIEVER, SELECTOR, RetrieverDeployment, SelectorDeployment
+from mel.steps.base import PART_CONFIG, Host, Step
+from serve.deployments import HostDeployment
 from serve.ingress import INGRESS, Ingress, api
-from serve.linking import uses_selector
 
-_CODE_DIRS = (Path(__file__).resolve().parent, Path(mel_stages.__file__).resolve().parent)
+_SERVE_DIR = Path(__file__).resolve().parent
+# The code every host deployment runs besides its steps'.
+_HOST_CODE = ("mel.steps.base", "mel.runner", "mel.parts", "serve.deployments", "serve.telemetry")
 
 
 def deployment_options(d: DeploymentConfig, name: str, *, retry_after_s: float | None = None,
@@ -63,16 +72,49 @@ def deployment_options(d: DeploymentConfig, name: str, *, retry_after_s: float |
     return opts
 
 
-def code_version(cls: type, *init_args: Any) -> str:
-    """A deployment version that changes when the graph's code (``serve/*.py``, ``mel/stages/*.py``) or the
-    deployment's class or init arguments change, and only then: redeploying with equal versions and another
-    ``user_config`` reconfigures the replicas in place."""
+def _module_source(name: str) -> bytes:
+    mod = importlib.import_module(name)
+    return Path(inspect.getfile(mod)).read_bytes()
+
+
+def _section(raw: dict[str, Any], dotted: str) -> Any:
+    cur: Any = raw
+    for key in dotted.split("."):
+        cur = cur.get(key) if isinstance(cur, dict) else None
+    return cur
+
+
+def host_version(cfg: Config, host: Host, steps: list[type[Step]]) -> str:
+    """The version of a host deployment running ``steps``: a hash of the code those steps run (their modules and
+    the modules they declare in ``code``, plus the host code) and of the config sections they read, the sections of
+    the parts they need, and the host's ``serve.<section>``. Nothing else in the config enters it."""
+    raw = cfg.model_dump(mode="json")
+    sections: set[str] = {f"serve.{host.serve_section}", "plugins"}
+    modules: set[str] = set(_HOST_CODE)
+    for s in steps:
+        sections.update(s.reads)
+        for part in s.needs:
+            sections.update(PART_CONFIG[part])
+        modules.add(s.__module__)
+        modules.update(s.code)
     h = hashlib.sha256()
-    for d in _CODE_DIRS:
-        for f in sorted(d.glob("*.py")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    h.update(json.dumps([cls.__qualname__, init_args], sort_keys=True, default=repr).encode())
+    h.update(json.dumps([host.name, [s.name for s in steps]]).encode())
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update(_module_source(name))
+    h.update(json.dumps({k: _section(raw, k) for k in sorted(sections)}, sort_keys=True, default=repr).encode())
+    return h.hexdigest()[:16]
+
+
+def ingress_version(cfg: Config, hosts: list[str]) -> str:
+    """The ingress restarts on any config change (it is light) or any change to the serve package's code."""
+    h = hashlib.sha256()
+    for f in sorted(_SERVE_DIR.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    for name in ("mel.steps.base", "mel.runner"):
+        h.update(_module_source(name))
+    h.update(json.dumps([cfg.model_dump(mode="json"), hosts], sort_keys=True, default=repr).encode())
     return h.hexdigest()[:16]
 
 
@@ -84,24 +126,39 @@ def _versioned(d: Deployment, version: str) -> Deployment:
     return d
 
 
+def plan(cfg: Config) -> list[tuple[Host, list[type[Step]]]]:
+    """The deployments the method of ``cfg`` needs: each non-local host with the active steps that run on it, in
+    the order the method first reaches them."""
+    from mel.methods import registry
+    from mel.steps import host_of
+
+    registry.load_plugins(cfg.plugins)
+    out: dict[str, tuple[Host, list[type[Step]]]] = {}
+    for s in registry.get(cfg.method).active_steps(cfg):
+        h = host_of(s)
+        if h.name != "local":
+            out.setdefault(h.name, (h, []))[1].append(s)
+    return list(out.values())
+
+
 def build_app(config: Config | dict[str, Any], index_dir: str) -> Application:
-    """Compose Ingress -> Retriever -> [Selector] as one Serve application."""
+    """Compose the ingress and one deployment per host the method's active steps need, as one Serve application."""
     cfg = config if isinstance(config, Config) else Config.model_validate(config)
     raw = cfg.model_dump(mode="json")
     s = cfg.serve
     enc = s.log_encoding
-    retriever_d = serve.deployment(RetrieverDeployment).options(
-        user_config={"index_dir": str(index_dir)}, **deployment_options(s.retriever, RETRIEVER, log_encoding=enc))
-    retriever = _versioned(retriever_d, code_version(RetrieverDeployment, raw)).bind(raw)
-    selector = None
-    if uses_selector(cfg):
-        selector_d = serve.deployment(SelectorDeployment).options(
-            **deployment_options(s.selector, SELECTOR, log_encoding=enc))
-        selector = _versioned(selector_d, code_version(SelectorDeployment, raw)).bind(raw)
+    handles: dict[str, Any] = {}
+    for host, steps in plan(cfg):
+        names = [c.name for c in steps]
+        opts = deployment_options(getattr(s, str(host.serve_section)), str(host.deployment), log_encoding=enc)
+        if any("index" in c.needs for c in steps):
+            opts["user_config"] = {"index_dir": str(index_dir)}
+        d = serve.deployment(HostDeployment).options(**opts)
+        handles[host.name] = _versioned(d, host_version(cfg, host, steps)).bind(raw, host.name, names)
     ingress_cls = serve.ingress(api)(Ingress)
     ingress_d = serve.deployment(ingress_cls).options(
         **deployment_options(s.ingress, INGRESS, retry_after_s=s.retry_after_s, log_encoding=enc))
-    return _versioned(ingress_d, code_version(Ingress, raw, selector is not None)).bind(raw, retriever, selector)
+    return _versioned(ingress_d, ingress_version(cfg, sorted(handles))).bind(raw, handles)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -1,14 +1,17 @@
-"""Model-bearing deployments of the linking graph. Plain classes here; ``serve.app`` turns them into Serve
-deployments with resources, autoscaling, queue limits and batching from config.
+"""The model-bearing deployments of the linking graph: one :class:`HostDeployment` per host (``mel.steps.HOSTS``)
+that the chosen method's active steps need: the Retriever (encoders, index, cross-encoder), the LLM host (deployed as
+``Selector``), and any later host. Plain classes here; ``serve.app`` turns them into Serve deployments with
+resources, autoscaling, queue limits and batching from ``serve.<section>``.
 
-Each takes one handle call per HTTP request (all its mentions), so queue limits count requests; inside the replica
-the mentions of all callers are batched together by ``@serve.batch`` and run through the steps of
-:mod:`serve.linking` (the code ``mel link`` runs too).
+A host deployment runs the steps the ingress names for it, through :func:`mel.runner.run_steps` (the code the
+in-process runner runs, so online and offline answers agree). Each takes one handle call per HTTP request (all its
+mention states), so queue limits count requests; inside the replica the states of all callers are batched together
+by ``@serve.batch``.
 
-The Retriever loads its index in :meth:`RetrieverDeployment.reconfigure` from ``user_config={"index_dir": ...}``,
-so a new index version is served by redeploying with another ``index_dir``: Serve calls ``reconfigure`` on the
-running replicas, which load and validate the new index beside the old one and then swap a single reference;
-batches already running finish on the old index, and no request is refused meanwhile.
+A host whose steps search the index loads it in :meth:`HostDeployment.reconfigure` from
+``user_config={"index_dir": ...}``, so a new index version is served by redeploying with another ``index_dir``:
+Serve calls ``reconfigure`` on the running replicas, which load and validate the new index beside the old one and
+then swap a single reference; batches already running finish on the old index, and no request is refused meanwhile.
 """
 
 from __future__ import annotations
@@ -22,113 +25,150 @@ from typing import Any
 from ray import serve
 
 from mel.config import Config
-from mel.types import Candidate, Mention
-from serve.linking import Retrieved, RetrieveStep, SelectStep
+from mel.steps.base import MentionState, Step
 from serve.telemetry import IndexMetrics, StageMetrics, current_request_id, log_event
 
-RETRIEVER = "Retriever"
-SELECTOR = "Selector"
+
+def host_named(name: str) -> Any:
+    from mel.steps import HOSTS
+
+    for h in HOSTS:
+        if h.name == name:
+            return h
+    raise ValueError(f"unknown host {name!r}; known: {[h.name for h in HOSTS]}")
 
 
-class RetrieverDeployment:
-    """Text (and image) encoder + faiss index (+ cross-encoder when re-ranking is on). Mentions from many callers
-    are batched together."""
+class HostDeployment:
+    """The parts of one host and the method's steps that run on it."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], host: str, steps: list[str]) -> None:
         from mel import compat
 
         compat.prepare()
-        from mel.encoders import build_image_encoder, build_text_encoder
-        from mel.methods.base import needs_rerank
-        from mel.models.sources import default_cache_dir
+        from mel.methods.registry import load_plugins
+        from mel.parts import load_parts
+        from mel.steps import get_step
 
         self.cfg = Config.model_validate(cfg)
-        cache = default_cache_dir(self.cfg.models.cache_dir)
-        self.text_encoder = build_text_encoder(self.cfg.models.text_encoder, cache)
-        self.image_encoder = (build_image_encoder(self.cfg.models.image_encoder)
-                              if self.cfg.models.image_encoder.enabled else None)
-        self.cross_encoder = None
-        if needs_rerank(self.cfg):
-            from mel.rerank import build_cross_encoder
-
-            self.cross_encoder = build_cross_encoder(self.cfg.retrieval.rerank, cache)
-        self.step: RetrieveStep | None = None
+        load_plugins(self.cfg.plugins)
+        self.host = host_named(host)
+        self.deployment = str(self.host.deployment)
+        self.step_classes: list[type[Step]] = [get_step(n) for n in steps]
+        needs: set[str] = set()
+        for c in self.step_classes:
+            needs |= c.needs
+        self.uses_index = "index" in needs
+        self.models = load_parts(self.cfg, None, needs - {"index"})
+        self.steps: dict[str, Step] | None = None if self.uses_index else self._build(self.models)
         self.index_dir: str | None = None
         self._switch_lock = asyncio.Lock()
         self._batches = 0
-        self.metrics = StageMetrics("retrieve", self.cfg.method)
-        self.index_metrics = IndexMetrics()
-        self.retrieve_batch.set_max_batch_size(self.cfg.serve.retriever.max_batch_size)
-        self.retrieve_batch.set_batch_wait_timeout_s(self.cfg.serve.retriever.batch_wait_timeout_s)
+        self.metrics = StageMetrics(steps[0], self.cfg.method)
+        self.index_metrics = IndexMetrics() if self.uses_index else None
+        dcfg = getattr(self.cfg.serve, str(self.host.serve_section))
+        self.run_batch.set_max_batch_size(dcfg.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(dcfg.batch_wait_timeout_s)
+
+    def _build(self, parts: Any) -> dict[str, Step]:
+        return {c.name: c(self.cfg, parts) for c in self.step_classes}
 
     # ------------------------------------------------------------------ index versions
-    def _load(self, index_dir: str) -> RetrieveStep:
-        from mel.methods.base import load_components
+    def _load(self, index_dir: str) -> tuple[dict[str, Step], Any]:
+        from mel.parts import load_parts
 
-        parts = load_components(self.cfg, index_dir, need_llm=False, text_encoder=self.text_encoder,
-                                image_encoder=self.image_encoder, cross_encoder=self.cross_encoder)
-        return RetrieveStep(self.cfg, parts)
+        m = self.models
+        parts = load_parts(self.cfg, index_dir, {"index"}, text_encoder=m.text_encoder, image_encoder=m.image_encoder,
+                           cross_encoder=m.cross_encoder, engine=m.engine)
+        return self._build(parts), parts.index
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's ``user_config`` at start and whenever it changes. Loads (and
         validates against the configured encoder) the index in ``index_dir`` off the event loop, then swaps it in;
         requests keep being served from the old index until the swap."""
+        if not self.uses_index:
+            raise ValueError(f"{self.deployment} takes no user_config: none of its steps searches an index")
         unknown = set(user_config) - {"index_dir"}
         if unknown or not isinstance(user_config.get("index_dir"), str):
-            raise ValueError(f"Retriever user_config must be {{'index_dir': '<index directory>'}}, got "
+            raise ValueError(f"{self.deployment} user_config must be {{'index_dir': '<index directory>'}}, got "
                              f"{user_config!r}")
         index_dir = os.path.abspath(user_config["index_dir"])
         async with self._switch_lock:
-            if index_dir == self.index_dir and self.step is not None:
+            if index_dir == self.index_dir and self.steps is not None:
                 return
             t0 = time.perf_counter()
-            step = await asyncio.to_thread(self._load, index_dir)
+            steps, index = await asyncio.to_thread(self._load, index_dir)
             old = self.index_dir
-            self.step, self.index_dir = step, index_dir  # one reference: running batches keep the step they took
-            self.index_metrics.loaded(len(step.index))
-            log_event("reconfigure", RETRIEVER, current_request_id(), 1000 * (time.perf_counter() - t0),
+            self.steps, self.index_dir, self.index = steps, index_dir, index  # running batches keep their steps
+            assert self.index_metrics is not None
+            self.index_metrics.loaded(len(index))
+            log_event("reconfigure", self.deployment, current_request_id(), 1000 * (time.perf_counter() - t0),
                       f"serving index {index_dir}", index_dir=index_dir, previous_index_dir=old,
-                      entities=len(step.index), kb_hash=step.index.manifest.kb_hash)
+                      entities=len(index), kb_hash=index.manifest.kb_hash)
 
     def info(self) -> dict[str, Any]:
-        step = self._step()
-        m = step.index.manifest
-        return {"entities": len(step.index), "encoder_id": m.encoder_id, "kb_hash": m.kb_hash,
-                "factory": m.factory, "image_encoder_id": m.image_encoder_id, "index_dir": self.index_dir,
-                "replica": serve.get_replica_context().replica_tag}
+        out: dict[str, Any] = {"steps": [c.name for c in self.step_classes],
+                               "replica": serve.get_replica_context().replica_tag}
+        if self.uses_index:
+            self._steps()
+            m = self.index.manifest
+            out.update({"entities": len(self.index), "encoder_id": m.encoder_id, "kb_hash": m.kb_hash,
+                        "factory": m.factory, "image_encoder_id": m.image_encoder_id, "index_dir": self.index_dir})
+        return out
 
-    def _step(self) -> RetrieveStep:
-        if self.step is None:
-            raise RuntimeError("the Retriever has no index loaded (user_config.index_dir was never applied)")
-        return self.step
+    def _steps(self) -> dict[str, Step]:
+        if self.steps is None:
+            raise RuntimeError(f"{self.deployment} has no index loaded (user_config.index_dir was never applied)")
+        return self.steps
 
     # ------------------------------------------------------------------ requests
-    async def retrieve(self, mentions: list[Mention], images: list[Any], k: int,
-                       request_id: str = "") -> tuple[list[Retrieved], dict[str, float], list[int]]:
-        """The mentions of one request in; batched with other callers' mentions by ``retrieve_batch``. Returns per
-        mention its candidates (the configured top_k or ``k``, whichever is larger); the model time of the batches
-        the request's mentions ran in, per stage (ms); and the sizes of those batches."""
+    async def run(self, states: list[MentionState], step_names: list[str],
+                  request_id: str = "") -> tuple[list[MentionState], float, list[int]]:
+        """The states of one request in; batched with other callers' states by ``run_batch``. Returns the states
+        after ``step_names`` ran on them, the model time of the batches they ran in (ms, for the hop figure), and
+        the sizes of those batches."""
         t0 = time.perf_counter()
         rid = request_id or current_request_id()
-        outs = await gather_batched(self.metrics, RETRIEVER, rid, t0,
-                                    [self.retrieve_batch((m, im, k)) for m, im in zip(mentions, images)])
+        names = tuple(step_names)
+        outs = await gather_batched(self.metrics, self.deployment, rid, t0,
+                                    [self.run_batch((s, names)) for s in states])
         results = [o[0] for o in outs]
         model_ms, sizes = batch_totals(outs)
         ms = 1000 * (time.perf_counter() - t0)
-        self.metrics.call(ms, candidates=[len(r.candidates) for r in results])
-        log_event("retrieve", RETRIEVER, rid, ms, mentions=len(mentions), batch_sizes=sizes,
-                  model_ms=round(sum(model_ms.values()), 3), index_dir=self.index_dir)
+        self.metrics.call(ms, candidates=[len(s.candidates) for s in results])
+        log_event(names[0], self.deployment, rid, ms, mentions=len(states), batch_sizes=sizes,
+                  model_ms=round(model_ms, 3), steps=list(names), index_dir=self.index_dir)
         return results, model_ms, sizes
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def retrieve_batch(self, items: list[tuple[Mention, Any, int]]) -> list[tuple[Retrieved, dict[str, float],
-                                                                                          int, int]]:
-        step = self._step()  # taken once: an index switch during this batch does not affect it
+    async def run_batch(self, items: list[tuple[MentionState, tuple[str, ...]]]) -> list[tuple[MentionState, float,
+                                                                                               int, int]]:
+        from mel.runner import run_steps
+
+        steps = self._steps()  # taken once: an index switch during this batch does not affect it
         self._batches += 1
         self.metrics.batch(len(items))
-        results, batch_ms = step.run([it[0] for it in items], [it[1] for it in items], max(it[2] for it in items))
-        return [(Retrieved(r.candidates[: step.pool(it[2])], r.texts), batch_ms, len(items), self._batches)
-                for r, it in zip(results, items)]
+        t0 = time.perf_counter()
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (_, names) in enumerate(items):
+            groups.setdefault(names, []).append(i)
+        out: list[MentionState | None] = [None] * len(items)
+        for names, idx in groups.items():
+            unknown = [n for n in names if n not in steps]
+            if unknown:
+                raise ValueError(f"{self.deployment} does not run steps {unknown}; it runs {sorted(steps)}")
+            done = run_steps([steps[n] for n in names], [items[i][0] for i in idx])
+            for i, s in zip(idx, done, strict=True):
+                out[i] = s
+        ms = 1000 * (time.perf_counter() - t0)
+        return [(s, ms, len(items), self._batches) for s in out if s is not None]
+
+    def __del__(self) -> None:
+        engine = getattr(getattr(self, "models", None), "engine", None)
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 -- best effort at teardown
+                pass
 
 
 async def gather_batched(metrics: StageMetrics, deployment: str, request_id: str, t0: float,
@@ -145,65 +185,9 @@ async def gather_batched(metrics: StageMetrics, deployment: str, request_id: str
         raise
 
 
-def batch_totals(outs: list[tuple[Any, dict[str, float], int, int]]) -> tuple[dict[str, float], list[int]]:
-    """Per stage, the model time of the distinct batches a request's items ran in (ms), and their sizes."""
-    seen: dict[int, tuple[dict[str, float], int]] = {}
+def batch_totals(outs: list[tuple[Any, float, int, int]]) -> tuple[float, list[int]]:
+    """The model time of the distinct batches a request's items ran in (ms, summed), and their sizes."""
+    seen: dict[int, tuple[float, int]] = {}
     for _, ms, size, batch_id in outs:
         seen.setdefault(batch_id, (ms, size))
-    totals: dict[str, float] = {}
-    for ms, _ in seen.values():
-        for key, v in ms.items():
-            totals[key] = totals.get(key, 0.0) + v
-    return totals, [size for _, size in seen.values()]
-
-
-class SelectorDeployment:
-    """The LLM engine (vLLM) and the multiple-choice selector; LoRA adapters chosen per request."""
-
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        from mel import compat
-
-        compat.prepare()
-        from mel.llm import build_llm_engine as build_engine
-        from mel.models.sources import default_cache_dir
-
-        self.cfg = Config.model_validate(cfg)
-        self.engine = build_engine(self.cfg.models.llm, default_cache_dir(self.cfg.models.cache_dir))
-        self.step = SelectStep(self.cfg, self.engine)
-        self._batches = 0
-        self.metrics = StageMetrics("select", self.cfg.method)
-        self.select_batch.set_max_batch_size(self.cfg.serve.selector.max_batch_size)
-        self.select_batch.set_batch_wait_timeout_s(self.cfg.serve.selector.batch_wait_timeout_s)
-
-    async def select(self, mentions: list[Mention], retrieved: list[Retrieved], adapter: str | None,
-                     request_id: str = "") -> tuple[list[list[Candidate]], float, list[int]]:
-        """The mentions of one request in; batched across callers by ``select_batch``. Returns the re-scored
-        candidate lists, the engine time of the batches they ran in (ms), and the batch sizes."""
-        t0 = time.perf_counter()
-        rid = request_id or current_request_id()
-        outs = await gather_batched(self.metrics, SELECTOR, rid, t0,
-                                    [self.select_batch((m, r, adapter)) for m, r in zip(mentions, retrieved)])
-        cands = [o[0] for o in outs]
-        model_ms, sizes = batch_totals(outs)
-        ms = 1000 * (time.perf_counter() - t0)
-        self.metrics.call(ms, candidates=[len(c) for c in cands])
-        log_event("select", SELECTOR, rid, ms, mentions=len(mentions), batch_sizes=sizes,
-                  model_ms=round(model_ms.get("select", 0.0), 3), adapter=adapter)
-        return cands, model_ms.get("select", 0.0), sizes
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def select_batch(self, items: list[tuple[Mention, Retrieved, str | None]]) -> list[Any]:
-        t0 = time.perf_counter()
-        self._batches += 1
-        self.metrics.batch(len(items))
-        res = self.step.run([it[0] for it in items], [it[1] for it in items], [it[2] for it in items])
-        ms = {"select": 1000 * (time.perf_counter() - t0)}
-        return [(r, ms, len(items), self._batches) for r in res]
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            try:
-                engine.shutdown()
-            except Exception:  # noqa: BLE001 -- best effort at teardown
-                pass
+    return sum(ms for ms, _ in seen.values()), [size for _, size in seen.values()]

@@ -1,5 +1,5 @@
-"""FastAPI ingress: validates requests, sends each request's mentions to the Retriever and then the Selector
-deployment, applies the NIL decision, and answers JSON.
+"""FastAPI ingress: validates requests, walks the method's declared steps (sending each run of consecutive steps to
+the deployment of their host, and running host-less steps such as the NIL decision itself), and answers JSON.
 
 Every answer is JSON and carries the request id (the client's ``X-Request-ID`` when valid, else one Serve made; the
 proxy returns it in the ``X-Request-ID`` response header). Bad requests get a 4xx naming the problem; a full queue
@@ -24,9 +24,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from mel.config import Config
+from mel.steps.base import MentionState
 from mel.types import Mention
-from serve.deployments import RETRIEVER, SELECTOR
-from serve.linking import finish
 from serve.schemas import ErrorOut, LinkRequest, LinkResponse
 from serve.telemetry import REQUEST_ID_HEADER, StageMetrics, current_request_id, log_event, request_id_problem
 
@@ -146,11 +145,22 @@ def decode_image(m_index: int, path: str | None, b64: str | None, image_root: st
 class Ingress:
     """The HTTP entry point of the linking graph."""
 
-    def __init__(self, cfg: dict[str, Any], retriever: Any, selector: Any | None, metrics: StageMetrics | None = None
-                 ) -> None:
+    def __init__(self, cfg: dict[str, Any], handles: dict[str, Any], metrics: StageMetrics | None = None) -> None:
+        """``handles``: host name -> the handle of its deployment, for every host the method's active steps need
+        besides ``local`` (whose steps run here)."""
+        from mel.methods import registry
+        from mel.parts import Parts
+        from mel.steps import segments
+
         self.cfg = Config.model_validate(cfg)
-        self.retriever = retriever
-        self.selector = selector
+        registry.load_plugins(self.cfg.plugins)
+        self.spec = registry.get(self.cfg.method)
+        self.segments = segments(self.spec.active_steps(self.cfg))
+        missing = sorted({h.name for h, _ in self.segments if h.name != "local"} - set(handles))
+        if missing:
+            raise ValueError(f"method {self.cfg.method!r} needs deployments for hosts {missing}; got {sorted(handles)}")
+        self.handles = handles
+        self.local_steps = {c.name: c(self.cfg, Parts()) for h, cs in self.segments if h.name == "local" for c in cs}
         self.metrics = metrics or StageMetrics("link", self.cfg.method)
 
     async def _parse(self, request: Request) -> LinkRequest:
@@ -249,24 +259,33 @@ class Ingress:
 
     async def _run(self, mentions: list[Mention], images: list[Any], k: int, adapter: str | None, rid: str,
                    state: dict[str, str], t_start: float) -> list[dict[str, Any]]:
-        t0 = time.perf_counter()
-        retrieved, model_ms, _ = await self._call(
-            "retrieve", RETRIEVER, state, self.retriever.retrieve.remote(mentions, images, k, rid))
-        t1 = time.perf_counter()
-        timings = dict(model_ms)
-        timings["retrieve_hop"] = max(0.0, 1000 * (t1 - t0) - sum(model_ms.values()))
-        cands = [r.candidates for r in retrieved]
-        if self.selector is not None:
-            cands, sel_ms, _ = await self._call(
-                "select", SELECTOR, state, self.selector.select.remote(mentions, retrieved, adapter, rid))
-            timings["select"] = sel_ms
-            timings["select_hop"] = max(0.0, 1000 * (time.perf_counter() - t1) - sel_ms)
+        from mel.runner import close_results, run_steps
+
+        states = [MentionState(m, image=im, adapter=adapter, k=k) for m, im in zip(mentions, images)]
+        for host, classes in self.segments:
+            names = [c.name for c in classes]
+            if host.name == "local":
+                state["stage"], state["deployment"] = names[0], INGRESS
+                states = run_steps([self.local_steps[n] for n in names], states)
+                continue
+            t0 = time.perf_counter()
+            states, model_ms, _ = await self._call(
+                names[0], str(host.deployment), state, self.handles[host.name].run.remote(states, names, rid))
+            hop = max(0.0, 1000 * (time.perf_counter() - t0) - model_ms)
+            for s in states:
+                s.timings_ms[f"{names[0]}_hop"] = hop
         state["stage"], state["deployment"] = "finalize", INGRESS
-        timings["total"] = 1000 * (time.perf_counter() - t_start)
-        return [finish(m, c, k=k, cfg=self.cfg, method=self.cfg.method, timings_ms=timings).to_dict()
-                for m, c in zip(mentions, cands)]
+        results = close_results(states, self.cfg.method)
+        total = 1000 * (time.perf_counter() - t_start)
+        out = []
+        for r in results:
+            r.timings_ms["total"] = total
+            out.append(r.to_dict())
+        return out
 
     @api.get("/healthz", summary="Liveness and the loaded index")
     async def healthz(self) -> dict[str, Any]:
-        info = await self.retriever.info.remote()
-        return {"status": "ok", "method": self.cfg.method, "selector": self.selector is not None, "index": info}
+        index_host = next((h.name for h, cs in self.segments if any("index" in c.needs for c in cs)), None)
+        info = await self.handles[index_host].info.remote() if index_host is not None else None
+        return {"status": "ok", "method": self.cfg.method, "selector": "llm" in self.handles,
+                "steps": [c.name for _, cs in self.segments for c in cs], "index": info}

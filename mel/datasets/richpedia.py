@@ -17,20 +17,18 @@ from typing import Any
 
 from mel.datasets.base import (
     Dataset,
-    count_images,
     expect_dict,
-    index_images,
-    parse_attribute_text,
     read_json,
     record_error,
     record_str,
     split_stats,
     stable_fraction,
 )
+from mel.datasets.melbench import read_melbench_kb
 from mel.datasets.registry import register_dataset
 from mel.errors import InputError
-from mel.kb.model import KB, LoadReport
-from mel.types import Entity, Mention
+from mel.kb.model import KB
+from mel.types import Mention
 
 NAME = "richpedia-mel"
 DEV_FRACTION = 0.10
@@ -38,37 +36,7 @@ DEV_SALT = "richpedia-mel/dev"
 
 
 def _kb(root: Path) -> tuple[KB, dict[str, Any]]:
-    abs_path, ne_path = root / "qid2abs.json", root / "qid2ne.json"
-    texts = expect_dict(read_json(abs_path), abs_path, "QID -> entity text")
-    names = expect_dict(read_json(ne_path), ne_path, "QID -> entity name")
-    no_name = [q for q in texts if q not in names]
-    if no_name:
-        raise InputError(f"{len(no_name)} entities of {abs_path.name} have no name here, e.g. {no_name[0]!r}",
-                         path=str(ne_path))
-    images = index_images(root / "images", texts)
-    entities: list[Entity] = []
-    as_attributes = 0
-    for qid, text in texts.items():
-        if not isinstance(text, str):
-            raise record_error(abs_path, qid, f"entity text must be a string, got {type(text).__name__}")
-        name = names[qid]
-        if not isinstance(name, str) or not name.strip():
-            raise record_error(ne_path, qid, f"entity name must be a non-empty string, got {name!r}")
-        attrs = parse_attribute_text(text)
-        as_attributes += attrs is not None and bool(attrs)
-        entities.append(Entity(id=qid, name=name, description="" if attrs is not None else text,
-                               attributes=attrs or {}, images=tuple(images.get(qid, ()))))
-    report = LoadReport(source=str(abs_path), entities=len(entities), images=sum(map(len, images.values())))
-    stats = {
-        "entities": len(entities),
-        "entities_text_as_attributes": as_attributes,
-        "entities_text_as_description": sum(bool(e.description) for e in entities),
-        "entities_text_empty": sum(not e.description and not e.attributes for e in entities),
-        "names_not_in_kb": sum(q not in texts for q in names),
-        "entity_images": report.images,
-        "image_files_not_matching_an_entity": count_images(root / "images") - report.images,
-    }
-    return KB(entities, report=report), stats
+    return read_melbench_kb(root, entity_images=True)
 
 
 def _mentions(path: Path) -> list[Mention]:

@@ -1,4 +1,4 @@
-"""Encoders: interfaces in ``base``, real ones in ``text``/``image``, unit-test doubles in ``fake``.
+"""Encoders: interfaces in ``base``, real ones in ``text``/``image``, unit-test doubles in ``tests/doubles``.
 
 Build them from config with :func:`build_text_encoder` / :func:`build_image_encoder`. Importing this package
 is light: torch and the model libraries load when an encoder is built.

@@ -1,4 +1,4 @@
-"""Encoder interfaces. Real encoders live in text.py / image.py; test doubles in fake.py (unit tests only)."""
+"""Encoder interfaces. Real encoders live in text.py / image.py; test doubles in tests/doubles (unit tests only)."""
 
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
 
     ``manifest_fields`` must hold encoder_id, config_hash, factory, metric, entity_template.
     ``image_encoder_id`` given: image shards are read too. ``shards_dir`` is moved to ``out_dir/shards``
-    when it lies elsewhere. ``out_dir`` should be the temp dir of :func:`mel.index.atomic.atomic_dir`.
+    when it lies elsewhere. ``out_dir`` should be the temp dir of :func:`mel.atomic.atomic_dir`.
     ``counts`` adds to the manifest counts (e.g. embedded_vectors, reused_vectors); ``version`` and
     ``parent`` record the lineage (1 and None for a full build; see mel.index.update).
     ``index_cfg`` holds the knobs of factory 'auto', search shards, on-disk merge and GPU use (defaults when

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mel.atomic import write_bytes_atomic
 from mel.errors import ArtifactMismatch, InputError
-from mel.index.atomic import write_bytes_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mel.atomic import TMP_MARK, write_table_atomic
 from mel.errors import ArtifactMismatch, InputError
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ ENCODER_KEY = b"mel.encoder_id"
 SHARD_KEY = b"mel.shard_key"
 RANGE_KEY = b"mel.shard_range"
 KEY_VERSION = "mel-shard-1"
-TMP_MARK = ".tmp-"
 
 
 # ----------------------------------------------------------------------------- keys
@@ -280,24 +279,6 @@ def _take(values: Any, sel: np.ndarray) -> np.ndarray:
     if arr.dtype.kind in "US":
         arr = arr.astype(object)
     return arr[sel]
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file via a temp file beside it, fsync, rename: it appears complete or not at all."""
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(table, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- staging directory

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from mel.atomic import write_bytes_atomic
 from mel.errors import ArtifactMismatch, InputError
-from mel.index.atomic import write_bytes_atomic
 from mel.index.build import ENTITIES, IMAGE, SHARDS, TEXT_VECTORS, read_shards
 from mel.index.manifest import MANIFEST, Manifest, read_manifest
 from mel.kb.model import KB, LoadReport

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mel.atomic import atomic_path, write_jsonl_atomic
 from mel.errors import InputError
-from mel.fileio import atomic_path, iter_jsonl, write_jsonl_atomic
+from mel.fileio import iter_jsonl
 from mel.kb.model import KB, LoadReport
 from mel.kb.schema import KB_FIELDS, KB_REQUIRED, Where, entity_from_record, entity_to_record, parquet_schema
 from mel.types import Entity

@@ -1,4 +1,4 @@
-"""LLM engines: the interface in ``base``, vLLM in ``vllm_engine``, a unit-test double in ``fake``.
+"""LLM engines: the interface in ``base``, vLLM in ``vllm_engine``, a unit-test double in ``tests/doubles``.
 
 Importing this package is light; vLLM loads when :func:`build_llm_engine` is called.
 """

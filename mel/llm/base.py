@@ -1,5 +1,5 @@
 """LLM engine interface used by selectors. The vLLM implementation is in vllm_engine.py; a test double
-for unit tests only is in fake.py."""
+for unit tests only is in tests/doubles."""
 
 from __future__ import annotations
 

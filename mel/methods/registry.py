@@ -1,11 +1,43 @@
-"""Registry of linking methods: name -> factory building a :class:`mel.methods.base.Method`."""
+"""Registry of linking methods: name -> :class:`mel.methods.spec.MethodSpec`."""
 
 from __future__ import annotations
 
+from mel.methods.spec import MethodSpec
 from mel.registry import Registry
 
-METHODS: Registry = Registry("linking method")
-register = METHODS.register
+METHODS: Registry = Registry("linking method", callable_only=False)
+
+# Modules under mel.methods whose import registers the built-in methods (kept light: no heavy imports).
+BUILTIN = ("retrieval", "llm_select")
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Register a declared method (its steps are checked: known, ending with a closing step)."""
+    spec.validate()
+    METHODS.register(spec.name)(spec)
+    return spec
+
+
+def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
+    """Import ``plugins`` modules (config ``plugins``): importing one registers its own steps and methods, so a
+    method defined outside ``mel`` runs in ``mel eval``, ``mel link`` and the Serve app without editing them."""
+    import importlib
+
+    from mel.errors import ConfigError
+
+    _load_builtin()
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise ConfigError(f"plugins: cannot import {mod!r}: {e}") from None
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for name in BUILTIN:
+        importlib.import_module(f"mel.methods.{name}")
 
 
 def check_name(name: str) -> None:
@@ -13,12 +45,7 @@ def check_name(name: str) -> None:
     METHODS.check_name(name)
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers the built-in methods; kept light (no heavy imports at module level).
-    from mel.methods import llm_select, retrieval  # noqa: F401
-
-
-def get(name: str):  # noqa: ANN201
+def get(name: str) -> MethodSpec:
     _load_builtin()
     return METHODS.get(name)
 

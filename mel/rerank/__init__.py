@@ -1,5 +1,5 @@
 """Cross-encoders for re-ranking: the interface in ``base``, onnxruntime in ``onnx``, sentence-transformers in
-``sbert``, a unit-test double in ``fake``.
+``sbert``, a unit-test double in ``tests/doubles``.
 
 Build one from config with :func:`build_cross_encoder`. Importing this package is light: onnxruntime / torch load
 when a cross-encoder is built.

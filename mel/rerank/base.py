@@ -1,5 +1,5 @@
 """Cross-encoder interface: scores (query, passage) pairs jointly. Real models in ``onnx`` / ``sbert``; a test double
-for unit tests only in ``fake``."""
+for unit tests only in ``tests/doubles``."""
 
 from __future__ import annotations
 

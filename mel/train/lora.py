@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mel.atomic import publish_dir
 from mel.errors import InputError
 from mel.llm.adapters import ADAPTER_META
 
@@ -63,18 +63,6 @@ def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], append_eos: 
         mask[i, :len(r)] = 1
         lab[i, :len(y)] = torch.tensor(y)
     return ids, mask, lab
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``out``; an existing ``out`` is moved aside first, never half-written."""
-    tmp.chmod(0o755)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.rename(out, old / "previous")
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha: int = 16,
@@ -170,7 +158,8 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / ADAPTER_META).write_text(json.dumps(report, indent=2) + "\n")
-        _publish(tmp, out)
+        tmp.chmod(0o755)
+        publish_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -228,7 +217,8 @@ def merge_lora_adapter(base_model_dir: str, adapter_dir: str, out_dir: str, *, d
         if adapter_meta.is_file():
             meta["adapter_meta"] = json.loads(adapter_meta.read_text())
         (tmp / MERGE_META).write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(tmp, out)
+        tmp.chmod(0o755)
+        publish_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

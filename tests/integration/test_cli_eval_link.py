@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mel.cli import main
+from mel.entrypoints.cli import main
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,8 @@ def test_eval_refuses_an_index_of_another_kb(demo_index: Path, shared_data: Path
 
 def test_llm_selection_through_the_evaluator(richpedia_index: Path, shared_data: Path, vllm_engine,
                                              text_encoder) -> None:
-    from mel import commands
     from mel.config import load_config
+    from mel.entrypoints import commands
     from mel.methods import build_linker
 
     cfg = load_config(None, ["method=llm-select", "selection.candidates=4"])

@@ -66,7 +66,6 @@ def _entities() -> list[Entity]:
 
 def test_two_shard_index_links_through_the_retriever(ray_local: None, tmp_path: Path, text_encoder) -> None:  # noqa: ANN001
     from mel.kb.reader import write_kb
-    from mel.methods.base import load_components
     from mel.stages.retrieve import Retriever
     from pipelines.index import run_index, run_index_local
 
@@ -83,7 +82,9 @@ def test_two_shard_index_links_through_the_retriever(ray_local: None, tmp_path: 
 
     ents = _entities()
     mentions = [Mention(id=f"m{i}", surface=e.name, context=e.description, gold=e.id) for i, e in enumerate(ents)]
-    parts = load_components(cfg, str(sharded), need_llm=False, text_encoder=text_encoder)
+    from mel.parts import load_parts
+
+    parts = load_parts(cfg, str(sharded), {"index"}, text_encoder=text_encoder)
     assert parts.index.search_info["shards"] == 2
     got = Retriever(parts.index, text_encoder, cfg.retrieval).retrieve(mentions, k=5)
     want = Retriever(IndexArtifact.load(plain), text_encoder, cfg.retrieval).retrieve(mentions, k=5)
@@ -92,10 +93,12 @@ def test_two_shard_index_links_through_the_retriever(ray_local: None, tmp_path: 
                                atol=1e-5)
     assert sum(row[0].entity_id == mm.gold for row, mm in zip(got, mentions)) >= 36  # each finds itself (mostly)
 
-    # what a Retriever deployment replica runs: load_components + serve.linking.RetrieveStep, unchanged
-    from serve.linking import RetrieveStep
+    # what a Retriever deployment replica runs: load_parts + the registered retrieve step, unchanged
+    from mel.runner import run_steps
+    from mel.steps import get_step
+    from mel.steps.base import MentionState
 
-    step = RetrieveStep(cfg, load_components(cfg, str(sharded), need_llm=False, text_encoder=text_encoder))
-    served, _ = step.run(mentions[:6], [None] * 6, 5)
+    step = get_step("retrieve")(cfg, load_parts(cfg, str(sharded), {"index"}, text_encoder=text_encoder))
+    served = run_steps([step], [MentionState(m, k=5) for m in mentions[:6]])
     assert [[c.entity_id for c in r.candidates[:5]] for r in served] == [[c.entity_id for c in row]
                                                                          for row in want[:6]]

@@ -79,8 +79,8 @@ def test_interrupted_ray_build_resumes_from_staged_shards(ray_local: None, tmp_p
 def test_cli_update_on_ray_embeds_only_the_delta(ray_local: None, tmp_path: Path, text_encoder,  # noqa: ANN001
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import pipelines.index as job
-    from mel.cli import main
     from mel.config import load_config
+    from mel.entrypoints.cli import main
     from mel.index import IndexArtifact, read_manifest
     from mel.index.update import latest_version
     from mel.kb.delta import apply_delta, read_delta

@@ -19,8 +19,8 @@ DEMO_KB = REPO / "data" / "demo" / "kb" / "entities.jsonl"
 
 @pytest.fixture(scope="module")
 def server(ray_local, demo_index: Path, tmp_path_factory: pytest.TempPathFactory):
-    from mel import commands
     from mel.config import load_config
+    from mel.entrypoints import commands
 
     img_root = tmp_path_factory.mktemp("imgroot")
     cfg = load_config(None, {
@@ -146,8 +146,8 @@ def test_serve_and_replicas_listen_on_loopback_only(server) -> None:
 def test_refuses_index_built_with_another_encoder(demo_index: Path, tmp_path: Path) -> None:
     import shutil
 
-    from mel import commands
     from mel.config import load_config
+    from mel.entrypoints import commands
     from mel.errors import ArtifactMismatch
     from mel.index.manifest import read_manifest, write_manifest
 

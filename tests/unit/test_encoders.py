@@ -9,8 +9,8 @@ from PIL import Image
 from mel.config import ImageEncoderConfig
 from mel.encoders import build_image_encoder
 from mel.encoders.base import ImageEncoder, TextEncoder
-from mel.encoders.fake import FakeImageEncoder, HashingTextEncoder
 from mel.errors import ConfigError, InputError, ModelNotFound
+from tests.doubles.encoders import FakeImageEncoder, HashingTextEncoder
 
 
 def _unit_rows(x: np.ndarray) -> bool:

@@ -127,3 +127,33 @@ def test_index_recall() -> None:
         index_recall([[1]], exact, 1)
     with pytest.raises(ValueError, match="k must be >= 1"):
         index_recall(exact, exact, 0)
+
+
+# ----------------------------------------------------------------------------- fixed samples and intervals
+def test_fixed_sample_is_seeded_order_free_and_nested() -> None:
+    from mel.eval import fixed_sample
+
+    ms = [Mention(f"m{i}", "s") for i in range(500)]
+    a = fixed_sample(ms, 50, seed=1)
+    assert len(a) == 50 and [m.id for m in a] == [m.id for m in ms if m in a]  # original order kept
+    assert [m.id for m in fixed_sample(list(reversed(ms)), 50, seed=1)][::-1] == [m.id for m in a]  # any read order
+    assert {m.id for m in fixed_sample(ms, 20, seed=1)} <= {m.id for m in a}  # smaller samples nest
+    assert {m.id for m in fixed_sample(ms, 50, seed=2)} != {m.id for m in a}
+    assert fixed_sample(ms, 10_000, seed=1) == ms
+    with pytest.raises(ValueError):
+        fixed_sample(ms, 0)
+
+
+def test_wilson_interval_and_report_confidence(case: tuple[list[Mention], list[LinkResult]]) -> None:
+    from mel.eval import wilson_interval
+
+    lo, hi = wilson_interval(90, 100)
+    assert lo == pytest.approx(82.56, abs=0.01) and hi == pytest.approx(94.48, abs=0.01)
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0) and wilson_interval(10, 10)[1] == pytest.approx(100.0)
+    assert wilson_interval(0, 0) is None
+    ms, rs = case
+    report = evaluate(ms, rs, KB_IDS)
+    ci = report["confidence"]["hits@1_all_mentions"]
+    h1 = report["ranking"]["all_mentions"]["hits@1"]
+    assert ci[0] <= h1 <= ci[1] and report["confidence"]["level"] == 95
+    assert "95% CI" in format_table(report)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mel.config import Config
-from mel.encoders.fake import HashingTextEncoder
 from mel.errors import ArtifactMismatch, ConfigError, InputError
 from mel.index import IndexArtifact, atomic_dir, build_faiss, check_compatible, read_manifest, write_manifest
 from mel.index.build import TEXT_VECTORS
@@ -17,6 +16,7 @@ from mel.kb.reader import read_kb, write_kb
 from mel.text import entity_text
 from mel.types import Entity
 from pipelines.index import run_index_local
+from tests.doubles.encoders import HashingTextEncoder
 
 
 class CountingEncoder(HashingTextEncoder):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from mel.config import Config
-from mel.encoders.fake import HashingTextEncoder
 from mel.errors import ArtifactMismatch, InputError
 from mel.index import IndexArtifact, read_manifest
 from mel.index.staging import ShardStore, ShardWriter, plan_ranges, staging_dir_for, text_fingerprints
@@ -28,6 +27,7 @@ from mel.kb.reader import read_kb, write_kb
 from mel.text import entity_text
 from mel.types import Entity
 from pipelines.index import run_index_local, run_update
+from tests.doubles.encoders import HashingTextEncoder
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_KB = REPO / "data" / "demo" / "kb" / "entities.jsonl"
@@ -403,7 +403,7 @@ def test_publish_never_moves_current_back_and_staging_is_locked(tmp_path: Path) 
 
 
 def test_cli_index_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mel.cli import main
+    from mel.entrypoints.cli import main
 
     cases = [
         (["--update", "d.jsonl", "--out", "x"], "--update needs --from"),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mel.atomic import atomic_path
 from mel.errors import InputError
-from mel.fileio import atomic_path
 from mel.kb import KB, LoadReport, iter_entities, read_kb, write_kb
 from mel.types import Entity
 

@@ -12,9 +12,9 @@ import pytest
 from mel.errors import ArtifactMismatch, InputError
 from mel.llm.adapters import ADAPTER_META, check_lora_adapter
 from mel.llm.base import LLMEngine, LoRASpec
-from mel.llm.fake import FakeLLMEngine
 from mel.llm.vllm_engine import _check_labels, _label_probs
 from mel.train.lora import save_lora_adapter
+from tests.doubles.llm import FakeLLMEngine
 
 PROMPT = """Mention: "Paris" in "We landed in Paris, the capital of France."
 A) Paris Hilton, American media personality

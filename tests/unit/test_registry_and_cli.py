@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from mel.cli import build_parser, main
+from mel.entrypoints.cli import build_parser, main
 from mel.errors import ConfigError
 from mel.methods import registry
 from mel.registry import Registry

@@ -10,9 +10,9 @@ import pytest
 from mel.config import Config, RerankConfig, SelectionConfig, load_config
 from mel.errors import ConfigError, InputError, ModelNotFound
 from mel.rerank.base import CrossEncoder
-from mel.rerank.fake import FakeCrossEncoder
 from mel.stages.rerank import Reranker, fuse_rerank, normalize_scores
 from mel.types import Candidate, Entity, Mention
+from tests.doubles.rerank import FakeCrossEncoder
 
 
 def _cands(n: int = 4) -> list[Candidate]:
@@ -157,7 +157,7 @@ def test_rerank_config_defaults_and_validation() -> None:
 
 
 def test_needs_rerank() -> None:
-    from mel.methods.base import needs_rerank
+    from mel.steps.rerank import needs_rerank
 
     assert not needs_rerank(load_config(None))
     assert needs_rerank(load_config(None, ["retrieval.rerank.enabled=true"]))
@@ -167,9 +167,9 @@ def test_needs_rerank() -> None:
 # ----------------------------------------------------------------------------- wiring into the methods
 @pytest.fixture
 def index_dir(tmp_path: Path) -> Path:
-    from mel.encoders.fake import HashingTextEncoder
     from mel.kb.reader import write_kb
     from pipelines.index import run_index_local
+    from tests.doubles.encoders import HashingTextEncoder
 
     ents = [Entity("Q0", "Jaguar Cars", description="a british car maker", attributes={"kind": "car maker"}),
             Entity("Q1", "Jaguar", description="a wild cat of the americas", attributes={"kind": "wild cat"}),
@@ -180,8 +180,8 @@ def index_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("method", ["retrieval", "llm-select"])
 def test_methods_rerank_when_enabled(index_dir: Path, method: str) -> None:
-    from mel.encoders.fake import HashingTextEncoder
     from mel.methods import build_linker
+    from tests.doubles.encoders import HashingTextEncoder
 
     cfg = load_config(None, [f"method={method}", "selection.enabled=false", "retrieval.top_k=3",
                              "retrieval.rerank.enabled=true", "retrieval.rerank.candidates=3",
@@ -196,8 +196,8 @@ def test_methods_rerank_when_enabled(index_dir: Path, method: str) -> None:
 
 def test_rerank_off_builds_no_cross_encoder(index_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mel.rerank
-    from mel.encoders.fake import HashingTextEncoder
     from mel.methods import build_linker
+    from tests.doubles.encoders import HashingTextEncoder
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("cross-encoder built although re-ranking is off")
@@ -206,21 +206,21 @@ def test_rerank_off_builds_no_cross_encoder(index_dir: Path, monkeypatch: pytest
     for extra in ([], ["retrieval.rerank.enabled=true", "retrieval.rerank.weight=0"]):
         cfg = load_config(None, ["method=retrieval", *extra])
         linker = build_linker(cfg, str(index_dir), text_encoder=HashingTextEncoder(dim=64))
-        assert linker.reranker is None
+        assert "rerank" not in linker.step_names and linker.parts.cross_encoder is None
         res = linker.link([Mention("m", "Jaguar Cars", "maker")])[0]
         assert "rerank" not in res.timings_ms and all("rerank" not in c.scores for c in res.candidates)
 
 
 def test_enabled_rerank_without_a_cross_encoder_is_refused(index_dir: Path) -> None:
-    from mel.encoders.fake import HashingTextEncoder
     from mel.index.artifact import IndexArtifact
-    from mel.methods import registry
-    from mel.methods.base import Components
+    from mel.parts import Parts
+    from mel.runner import Runner
+    from tests.doubles.encoders import HashingTextEncoder
 
     cfg = load_config(None, ["method=retrieval", "retrieval.rerank.enabled=true"])
-    parts = Components(IndexArtifact.load(index_dir), HashingTextEncoder(dim=64))
-    with pytest.raises(ValueError, match="no cross-encoder was given"):
-        registry.get("retrieval")(cfg, parts)
+    parts = Parts(IndexArtifact.load(index_dir), HashingTextEncoder(dim=64))
+    with pytest.raises(ValueError, match="step 'rerank' needs the cross_encoder part"):
+        Runner(cfg, parts)
 
 
 # ----------------------------------------------------------------------------- model sources and building

@@ -49,9 +49,8 @@ def _deployments(app) -> dict:  # noqa: ANN001
     """name -> Deployment of a built app (the ingress and the deployments bound into it)."""
     ingress = app._bound_deployment
     out = {ingress.name: ingress}
-    for arg in ingress._replica_config.init_args[1:]:
-        if arg is not None:
-            out[arg._bound_deployment.name] = arg._bound_deployment
+    for handle in ingress._replica_config.init_args[1].values():
+        out[handle._bound_deployment.name] = handle._bound_deployment
     return out
 
 

@@ -1,4 +1,5 @@
-"""The graph's steps (shared by Serve and `mel link`) and the ingress' answers, with test doubles (no Ray cluster).
+"""The declared linking graph without a Ray cluster: the in-process runner, the ingress walking the same steps
+over in-process host handles (same answers), and the ingress' error answers, with test doubles.
 
 The fake encoder and engine are unit-test doubles; the real parts run in tests/integration/test_serve_*.py.
 """
@@ -7,22 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mel.config import Config, load_config
-from mel.encoders.fake import HashingTextEncoder
-from mel.llm.fake import FakeLLMEngine
-from mel.methods.base import Components, Linker
+from mel.parts import Parts
+from mel.runner import Runner, run_steps
+from mel.steps.base import MentionState
 from mel.types import Candidate, Mention
-from serve.linking import LocalGraph, Retrieved, RetrieveStep, finish
 from tests.conftest import REPO
+from tests.doubles.encoders import HashingTextEncoder
+from tests.doubles.llm import FakeLLMEngine
 from tests.unit.test_serve_telemetry import FakeRegistry
 
 DEMO_KB = REPO / "data" / "demo" / "kb" / "entities.jsonl"
 MENTIONS = REPO / "data" / "demo" / "mentions.jsonl"
+TOY = "tests.fixtures.toy_method"
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +38,10 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_index_local(DEMO_KB, out, load_config(None), HashingTextEncoder(dim=64))
 
 
-def _parts(index_dir: Path, engine: Any = None) -> Components:
+def _parts(index_dir: Path, engine: Any = None) -> Parts:
     from mel.index.artifact import IndexArtifact
 
-    return Components(IndexArtifact.load(index_dir), HashingTextEncoder(dim=64), None, engine)
+    return Parts(IndexArtifact.load(index_dir), HashingTextEncoder(dim=64), None, engine)
 
 
 def _mentions() -> list[Mention]:
@@ -45,60 +50,6 @@ def _mentions() -> list[Mention]:
     return list(read_mentions(MENTIONS))
 
 
-@pytest.mark.parametrize("method,rerank", [("retrieval", False), ("llm-select", False), ("llm-select", True)])
-def test_local_graph_answers_like_the_method_linker(index_dir: Path, method: str, rerank: bool) -> None:
-    from mel.methods import registry
-    from mel.rerank.fake import FakeCrossEncoder
-
-    cfg = load_config(None, {"method": method, "selection.fusion_weight": 0.5, "retrieval.top_k": 8,
-                             "retrieval.rerank.enabled": rerank, "retrieval.rerank.candidates": 6})
-    parts = _parts(index_dir, FakeLLMEngine())
-    if rerank:
-        parts.cross_encoder = FakeCrossEncoder()
-    linker: Linker = registry.get(method)(cfg, parts)
-    graph = LocalGraph(cfg, parts)
-    assert (graph.select_step is not None) == (method == "llm-select")
-    ms = _mentions()
-    expected, got = linker.link(ms), graph.link(ms)
-    assert len(got) == len(ms)
-    for e, g in zip(expected, got):
-        assert g.mention_id == e.mention_id and g.entity_id == e.entity_id and g.method == method
-        assert [c.entity_id for c in g.candidates] == [c.entity_id for c in e.candidates]
-        assert [c.score for c in g.candidates] == pytest.approx([c.score for c in e.candidates], abs=1e-9)
-        assert set(g.timings_ms) == set(e.timings_ms)
-    if method == "llm-select":
-        assert any("llm" in c.scores for r in got for c in r.candidates)
-    assert (graph.retrieve_step.reranker is not None) == rerank
-    assert all(("rerank" in r.timings_ms) == rerank for r in got)
-    if rerank:
-        assert any("rerank" in c.scores for r in got for c in r.candidates)
-
-
-def test_retrieve_step_fetches_at_least_top_k_and_finish_cuts_to_k(index_dir: Path) -> None:
-    cfg = load_config(None, {"retrieval.top_k": 6, "nil.threshold": 0.99})
-    step = RetrieveStep(cfg, _parts(index_dir))
-    assert step.pool(None) == 6 and step.pool(3) == 6 and step.pool(9) == 9
-    m = _mentions()[0]
-    (r,), ms = step.run([m], [None], 3)
-    assert len(r.candidates) == 6 and set(ms) == {"retrieve"}
-    assert list(r.texts) == [c.entity_id for c in r.candidates[: cfg.selection.candidates]]
-    res = finish(m, r.candidates, k=3, cfg=cfg, method="retrieval", timings_ms={})
-    assert len(res.candidates) == 3
-    assert res.entity_id is None  # NIL decided on the top score (< 0.99), before cutting
-
-
-def test_local_graph_refuses_a_method_the_graph_cannot_run(index_dir: Path) -> None:
-    from mel.errors import ConfigError
-    from serve.linking import check_graph_method
-
-    check_graph_method("retrieval")
-    with pytest.raises(ConfigError, match="cannot run on the linking graph"):
-        check_graph_method("something-else")
-    with pytest.raises(ValueError, match="needs an LLM engine"):
-        LocalGraph(load_config(None, {"method": "llm-select"}), _parts(index_dir))
-
-
-# ----------------------------------------------------------------------------- ingress
 class _Method:
     def __init__(self, fn: Any) -> None:
         self.fn = fn
@@ -107,19 +58,119 @@ class _Method:
         return self.fn(*args)
 
 
+class InProcessHost:
+    """Stands in for a host deployment's handle: runs the named steps built from ``parts`` on copies of the states
+    (pickled, as Serve would send them), like :class:`serve.deployments.HostDeployment` does."""
+
+    def __init__(self, cfg: Config, parts: Parts, names: list[str]) -> None:
+        from mel.steps import get_step
+
+        self.steps = {n: get_step(n)(cfg, parts) for n in names}
+        self.run = _Method(self._run)
+        self.info = _Method(self._info)
+        self.calls: list[list[str]] = []
+
+    async def _info(self) -> dict[str, Any]:
+        return {"entities": 54}
+
+    async def _run(self, states: list[MentionState], names: list[str], rid: str) -> Any:
+        self.calls.append(list(names))
+        states = pickle.loads(pickle.dumps(states))
+        t0 = time.perf_counter()
+        states = run_steps([self.steps[n] for n in names], states)
+        return pickle.loads(pickle.dumps(states)), 1000 * (time.perf_counter() - t0), [len(states)]
+
+
+def _in_process_handles(cfg: Config, parts: Parts) -> dict[str, InProcessHost]:
+    from serve.app import plan
+
+    return {h.name: InProcessHost(cfg, parts, [c.name for c in steps]) for h, steps in plan(cfg)}
+
+
+CASES = [
+    ({"method": "retrieval"}, {"retrieve"}),
+    ({"method": "llm-select"}, {"retrieve", "select"}),
+    ({"method": "llm-select", "retrieval.rerank.enabled": True, "retrieval.rerank.candidates": 6},
+     {"retrieve", "rerank", "select"}),
+    ({"method": "toy-lexical-rerank", "plugins": [TOY], "methods": {"toy-lexical-rerank": {"overlap_weight": 0.5}}},
+     {"retrieve", "toy-lexical", "toy-short-names"}),
+]
+
+
+@pytest.mark.parametrize("overrides,timed", CASES, ids=["retrieval", "llm-select", "llm-select+rerank", "toy"])
+def test_ingress_walks_the_declared_steps_with_the_runners_answers(index_dir: Path, overrides: dict[str, Any],
+                                                                   timed: set[str]) -> None:
+    from tests.doubles.rerank import FakeCrossEncoder
+
+    cfg = load_config(None, {"selection.fusion_weight": 0.5, "retrieval.top_k": 8, **overrides})
+    parts = _parts(index_dir, FakeLLMEngine())
+    parts.cross_encoder = FakeCrossEncoder()
+    runner = Runner(cfg, parts)
+    assert runner.step_names == [s for s in ("retrieve", "rerank", "toy-lexical", "toy-short-names", "select", "nil")
+                                 if s in timed or s == "nil"]
+    ms = _mentions()
+    offline = runner.link(ms)
+    assert len(offline) == len(ms)
+    assert all(r.method == cfg.method and set(r.timings_ms) == timed for r in offline)
+    if "select" in timed:
+        assert any("llm" in c.scores for r in offline for c in r.candidates)
+    if "rerank" in timed:
+        assert any("rerank" in c.scores for r in offline for c in r.candidates)
+
+    handles = _in_process_handles(cfg, parts)
+    ing, _ = _ingress(cfg, handles)
+    status, body, _ = _call(ing, {"mentions": [{"id": m.id, "surface": m.surface, "context": m.context}
+                                               for m in ms]})
+    assert status == 200, body
+    online = body["results"]
+    for e, g in zip(offline, online, strict=True):
+        assert g["mention_id"] == e.mention_id and g["entity_id"] == e.entity_id and g["method"] == cfg.method
+        assert [c["entity_id"] for c in g["candidates"]] == [c.entity_id for c in e.candidates]
+        assert [c["score"] for c in g["candidates"]] == pytest.approx([c.score for c in e.candidates], abs=1e-9)
+        assert timed <= set(g["timings_ms"]) and "total" in g["timings_ms"]
+    # consecutive steps of one host go in one call; local steps (NIL, toy-short-names) run in the ingress
+    assert handles["retriever"].calls[0] == [s for s in ("retrieve", "rerank", "toy-lexical") if s in timed]
+
+
+def test_retrieve_step_fetches_at_least_top_k_and_nil_cuts_to_k(index_dir: Path) -> None:
+    from mel.steps import get_step
+
+    cfg = load_config(None, {"retrieval.top_k": 6, "nil.threshold": 0.99})
+    parts = _parts(index_dir)
+    step = get_step("retrieve")(cfg, parts)
+    assert step.pool(None) == 6 and step.pool(3) == 6 and step.pool(9) == 9
+    m = _mentions()[0]
+    (st,) = run_steps([step], [MentionState(m, k=3)])
+    assert len(st.candidates) == 6 and set(st.timings_ms) == {"retrieve"}
+    assert list(st.texts) == [c.entity_id for c in st.candidates]
+    (st,) = run_steps([get_step("nil")(cfg, parts)], [st])
+    assert len(st.result.candidates) == 3
+    assert st.result.entity_id is None  # NIL decided on the top score (< 0.99), before cutting
+
+
+def test_runner_refuses_missing_parts_and_unknown_methods(index_dir: Path) -> None:
+    from mel.errors import ConfigError
+
+    with pytest.raises(ValueError, match="needs the llm part"):
+        Runner(load_config(None, {"method": "llm-select"}), _parts(index_dir))
+    with pytest.raises(ConfigError, match="unknown linking method 'something-else'"):
+        Runner(load_config(None, {"method": "something-else"}), _parts(index_dir))
+
+
+# ----------------------------------------------------------------------------- ingress
 class FakeRetriever:
     """Stands in for the Retriever deployment's handle: ``retrieve.remote(...)`` is awaitable."""
 
     def __init__(self, behaviour: str = "ok") -> None:
         self.behaviour = behaviour
         self.request_ids: list[str] = []
-        self.retrieve = _Method(self._retrieve)
+        self.run = _Method(self._run)
         self.info = _Method(self._info)
 
     async def _info(self) -> dict[str, Any]:
         return {"entities": 3}
 
-    async def _retrieve(self, mentions: list[Mention], images: list[Any], k: int, rid: str) -> Any:
+    async def _run(self, states: list[MentionState], names: list[str], rid: str) -> Any:
         from ray.serve.exceptions import BackPressureError
 
         self.request_ids.append(rid)
@@ -128,19 +179,24 @@ class FakeRetriever:
         if self.behaviour == "slow":
             await asyncio.sleep(5)
         cands = [Candidate(f"Q{i}", f"E{i}", 1.0 - 0.1 * i, {"retrieval": 1.0 - 0.1 * i}) for i in range(10)]
-        return [Retrieved(list(cands), {}) for _ in mentions], {"retrieve": 1.5}, [len(mentions)]
+        for s in states:
+            s.candidates = list(cands)
+            s.timings_ms["retrieve"] = 1.5
+        return states, 1.5, [len(states)]
 
 
 class FakeSelector:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
-        self.select = _Method(self._select)
+        self.run = _Method(self._run)
 
-    async def _select(self, mentions: list[Mention], retrieved: list[Retrieved], adapter: str | None,
-                      rid: str) -> Any:
+    async def _run(self, states: list[MentionState], names: list[str], rid: str) -> Any:
         if self.fail:
             raise RuntimeError("engine exploded")
-        return [list(reversed(r.candidates)) for r in retrieved], 2.0, [len(mentions)]
+        for s in states:
+            s.candidates = list(reversed(s.candidates))
+            s.timings_ms["select"] = 2.0
+        return states, 2.0, [len(states)]
 
 
 def _request(body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
@@ -163,11 +219,15 @@ def _request(body: dict[str, Any], headers: dict[str, str] | None = None) -> Any
 
 
 def _ingress(cfg: Config, retriever: Any, selector: Any = None) -> tuple[Any, FakeRegistry]:
+    """The ingress over host handles: a dict (host name -> handle), or a retriever and optional LLM handle."""
     from serve.ingress import Ingress
     from serve.telemetry import StageMetrics
 
+    handles = retriever if isinstance(retriever, dict) else {"retriever": retriever}
+    if selector is not None:
+        handles["llm"] = selector
     reg = FakeRegistry()
-    return Ingress(cfg.model_dump(mode="json"), retriever, selector, StageMetrics("link", cfg.method, reg)), reg
+    return Ingress(cfg.model_dump(mode="json"), handles, StageMetrics("link", cfg.method, reg)), reg
 
 
 def _call(ingress: Any, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:

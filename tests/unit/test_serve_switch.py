@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mel import commands
 from mel.config import load_config
+from mel.entrypoints import commands
 from mel.errors import ArtifactMismatch, InputError
 
 

@@ -74,8 +74,11 @@ def test_nil_threshold() -> None:
 
 def test_fuse_and_weight_zero_needs_no_engine() -> None:
     from mel.config import load_config
-    from mel.methods import needs_llm
+    from mel.methods import method_needs
     from mel.stages.select import fuse
+
+    def needs_llm(cfg) -> bool:  # noqa: ANN001
+        return "llm" in method_needs(cfg)
 
     assert fuse(0.8, 0.2, 0.25) == 0.75 * 0.8 + 0.25 * 0.2
     assert needs_llm(load_config(None, ["method=llm-select"]))

@@ -55,16 +55,16 @@ def test_submit_config_checks_runtime_env() -> None:
 
 # ----------------------------------------------------------------------------------------------- the job
 def _parse_entrypoint(entrypoint: str) -> tuple[argparse.Namespace, Config]:
-    from mel.cli import build_parser
+    from mel.entrypoints.cli import build_parser
 
     argv = shlex.split(entrypoint)
-    assert argv[:3] == ["python", "-m", "mel.cli"]
+    assert argv[:3] == ["python", "-m", "mel"]
     args = build_parser().parse_args(argv[3:])
     return args, load_config(args.config, args.overrides)
 
 
 def test_job_entrypoint_carries_the_config_and_joins_the_cluster() -> None:
-    from mel.submit import build_job
+    from mel.entrypoints.submit import build_job
 
     cfg = load_config(REPO / "configs" / "demo.yaml", ["ray.address=ray://elsewhere:10001",
                                                         "submit.address=http://127.0.0.1:8265"])
@@ -78,7 +78,7 @@ def test_job_entrypoint_carries_the_config_and_joins_the_cluster() -> None:
 
 
 def test_job_runtime_env(tmp_path: Path) -> None:
-    from mel.submit import JOB_ENV_VARS, job_runtime_env, repo_root
+    from mel.entrypoints.submit import JOB_ENV_VARS, job_runtime_env, repo_root
 
     assert repo_root() == REPO
     cfg = load_config(None, {"submit.runtime_env": {"env_vars": {"A": "1"}, "py_modules": ["/m"]}})
@@ -94,8 +94,8 @@ def test_job_runtime_env(tmp_path: Path) -> None:
 
 
 def test_argv_from_namespace_passes_on_the_local_arguments() -> None:
-    from mel.cli import build_parser
-    from mel.submit import argv_from_namespace
+    from mel.entrypoints.cli import build_parser
+    from mel.entrypoints.submit import argv_from_namespace
 
     args = build_parser().parse_args(["submit", "eval", "--dataset", "wikimel", "--index", "/i", "--limit", "5",
                                       "--config", "c.yaml", "--set", "a.b=1", "--address", "http://h:1"])
@@ -108,7 +108,7 @@ def test_argv_from_namespace_passes_on_the_local_arguments() -> None:
 
 
 def test_address_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mel.submit import SubmitError, resolve_address
+    from mel.entrypoints.submit import SubmitError, resolve_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(SubmitError, match="no cluster address"):
@@ -158,7 +158,7 @@ class FakeJobClient:
 
 
 def _run(client: FakeJobClient, *sets: str) -> tuple[int, str]:
-    from mel.submit import submit
+    from mel.entrypoints.submit import submit
 
     cfg = load_config(None, ["submit.address=http://fake:1", "submit.poll_interval_s=0.01", *sets])
     out = io.StringIO()
@@ -202,8 +202,8 @@ def test_no_wait_returns_after_submitting() -> None:
 
 
 def test_cli_submit_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from mel import submit
-    from mel.cli import main
+    from mel.entrypoints import submit
+    from mel.entrypoints.cli import main
 
     client = FakeJobClient(["SUCCEEDED"])
     monkeypatch.setattr(submit, "ray_job_client", lambda address: client)

@@ -18,10 +18,8 @@ def _dataset_kb_file(cfg: Config, dataset: str, data_dir: str | None) -> Path:
     """Write a benchmark dataset's KB once to the cache as JSONL (atomic) and return its path."""
     from mel.datasets import load_dataset
     from mel.kb import write_kb
-    from mel.models.sources import default_cache_dir
-
     ds = load_dataset(dataset, data_dir)
-    path = Path(default_cache_dir(cfg.models.cache_dir)) / "kb" / f"{dataset}-{ds.kb.content_hash()}.jsonl"
+    path = Path(cfg.models.cache_path()) / "kb" / f"{dataset}-{ds.kb.content_hash()}.jsonl"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_kb(ds.kb, path)
@@ -61,11 +59,11 @@ def preflight_index(cfg: Config, index_dir: str) -> None:
     encoder other than the configured one (cheap: resolves model ids without loading models)."""
     from mel.index.artifact import IndexArtifact
     from mel.index.manifest import check_compatible
-    from mel.models.sources import default_cache_dir, model_id, resolve_model
+    from mel.models.sources import model_id, resolve_model
 
     art = IndexArtifact.load(index_dir)
     te = cfg.models.text_encoder
-    cache = default_cache_dir(cfg.models.cache_dir)
+    cache = cfg.models.cache_path()
     text_id = model_id(te.model, resolve_model(te.model, kind="text", cache_dir=cache))
     check_compatible(art.manifest, encoder_id=text_id, dim=None, metric=cfg.index.metric, where=str(index_dir))
 
@@ -300,7 +298,9 @@ def link_in_batches(linker: Any, mentions: list[Any], batch_size: int, progress:
 
 def evaluate(cfg: Config, *, dataset: str, split: str, index_dir: str, method: str | None = None,
              limit: int | None = None, data_dir: str | None = None, report_path: str | None = None,
-             batch_size: int = 64, linker: Any = None) -> dict[str, Any]:
+             batch_size: int = 64, linker: Any = None, sample: int | None = None, seed: int = 0,
+             per_mention: bool = False) -> dict[str, Any]:
+    """Link a split (or its first ``limit`` mentions, or the fixed seeded ``sample`` of it) and score it."""
     from mel.datasets import load_dataset
     from mel.eval import evaluate as score
     from mel.eval import write_report
@@ -309,16 +309,25 @@ def evaluate(cfg: Config, *, dataset: str, split: str, index_dir: str, method: s
     ds = load_dataset(dataset, data_dir)
     if split not in ds.splits:
         raise InputError(f"dataset {dataset!r} has no split {split!r}; splits: {sorted(ds.splits)}")
-    mentions = ds.splits[split][:limit] if limit else ds.splits[split]
+    from mel.eval import fixed_sample
+
+    if limit and sample:
+        raise InputError("give --limit or --sample, not both")
+    everything = ds.splits[split]
+    mentions = everything[:limit] if limit else everything
+    if sample:
+        mentions = fixed_sample(everything, sample, seed)
     ensure_dataset_index(cfg, ds, index_dir, data_dir)
     linker = linker or build_linker(cfg, index_dir, method=method)
     t0 = time.perf_counter()
     results = link_in_batches(linker, mentions, batch_size)
     elapsed = time.perf_counter() - t0
-    report = score(mentions, results, {e.id for e in ds.kb})
+    report = score(mentions, results, {e.id for e in ds.kb}, per_mention=per_mention)
     report["dataset"], report["split"], report["method"] = dataset, split, linker.name
     report["mentions_per_s"] = len(mentions) / max(elapsed, 1e-9)
     report["dataset_stats"] = ds.stats
+    if sample:
+        report["sample"] = {"n": len(mentions), "of": len(everything), "seed": seed}
     if report_path:
         write_report(report, report_path)
     return report

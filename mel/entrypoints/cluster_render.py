@@ -10,7 +10,7 @@
 Both clusters have a CPU head (``num-cpus: 0``: drivers, Serve controller, dashboard only), an autoscaling
 CPU worker group and an autoscaling GPU worker group, sized from the config: the replicas (or encoder
 actors) at their minimum and maximum counts are packed onto pods of the shapes below. Images are the ones
-``cluster/docker/Dockerfile.{cpu,gpu}`` build (:func:`image`). Like :mod:`mel.commands`, this is the CLI's
+``cluster/docker/Dockerfile.{cpu,gpu}`` build (:func:`image`). Like :mod:`mel.entrypoints.commands`, this is the CLI's
 edge: it imports ``serve.app`` (lazily) to build the app.
 """
 
@@ -247,7 +247,7 @@ def rayservice(cfg: Config, index: str, image_repo: str = IMAGE_REPO) -> dict[st
 # ------------------------------------------------------------------------------------------ RayJob
 def rayjob_index(cfg: Config, kb: str, index: str, image_repo: str = IMAGE_REPO) -> dict[str, Any]:
     """A RayJob running ``mel index --kb KB --out INDEX`` (the ``mel submit index`` entrypoint)."""
-    from mel.submit import JOB_ENV_VARS, job_entrypoint
+    from mel.entrypoints.submit import JOB_ENV_VARS, job_entrypoint
 
     p = cfg.pipelines.index
     actors = [(p.cpus_per_worker, p.gpus_per_worker)] * p.workers
@@ -329,7 +329,7 @@ def render_command(args: argparse.Namespace) -> str:
 
 def render(args: argparse.Namespace) -> list[Path]:
     """CLI: write the manifests (each appears complete or not at all); returns their paths."""
-    from mel.fileio import write_text_atomic
+    from mel.atomic import write_text_atomic
 
     cfg = load_config(args.config, args.overrides)
     job_cfg = load_config(args.job_config or args.config, args.job_overrides)

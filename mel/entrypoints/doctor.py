@@ -1,4 +1,4 @@
-"""``python -m mel.doctor``: check that the installed stack imports and the packaged models are present.
+"""``python -m mel.entrypoints.doctor``: check that the installed stack imports and the packaged models are present.
 
 Run by ``make install``; fails with a message naming what is broken and how to fix it.
 """

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO / "data" / "demo"
 
 
@@ -24,8 +24,8 @@ def run(config: str | None, overrides: list[str], *, workdir: str | None = None,
         kb: Path | None = None, mentions_path: Path | None = None) -> int:
     import httpx
 
-    from mel import commands
     from mel.config import load_config
+    from mel.entrypoints import commands
     from mel.mentions import read_mentions
 
     cfg = load_config(config, overrides)

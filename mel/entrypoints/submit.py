@@ -1,6 +1,6 @@
 """``mel submit index|eval|link``: run a ``mel`` command as a job on a running Ray cluster.
 
-The job is ``python -m mel.cli <command> <its arguments> --set ...``: the validated config travels as
+The job is ``python -m mel <command> <its arguments> --set ...``: the validated config travels as
 ``--set`` overrides (:func:`mel.config_overrides.config_overrides`, so no config file or absolute path of
 the caller is needed on the cluster) with ``ray.address=auto``, so the job's driver joins the cluster it
 runs on instead of starting a Ray of its own. The working directory (by default this checkout, without
@@ -76,7 +76,7 @@ class JobSpec:
 # ------------------------------------------------------------------------------------------ building the job
 def repo_root() -> Path | None:
     """The checkout this ``mel`` runs from (the directory holding pyproject.toml), or None when installed."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
 
 
@@ -91,10 +91,10 @@ def job_config(cfg: Config) -> Config:
 
 
 def job_entrypoint(cfg: Config, command: str, argv: Sequence[str], *, log_level: str | None = None) -> str:
-    """The shell command the cluster runs: ``python -m mel.cli [--log-level L] COMMAND ARGV --set ...``."""
+    """The shell command the cluster runs: ``python -m mel [--log-level L] COMMAND ARGV --set ...``."""
     if command not in COMMANDS:
         raise ConfigError(f"mel submit: unknown command {command!r}; one of {list(COMMANDS)}")
-    parts = [cfg.submit.python, "-m", "mel.cli"]
+    parts = [cfg.submit.python, "-m", "mel"]
     if log_level:
         parts += ["--log-level", log_level]
     parts += [command, *argv]

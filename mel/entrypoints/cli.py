@@ -20,14 +20,36 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _cfg(args: argparse.Namespace):  # noqa: ANN202
+    """The validated config; its method (and ``--method``, when given) checked against the method registry here,
+    where the config meets the registry."""
     from mel.config import load_config
+    from mel.methods import registry
 
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    registry.load_plugins(cfg.plugins)
+    registry.check_name(cfg.method)
+    if getattr(args, "method", None):
+        registry.check_name(args.method)
+    return cfg
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from mel.methods import registry
+    from mel.steps import host_of
+
+    cfg = _cfg(args)
+    for name in registry.names():
+        spec = registry.get(name)
+        active = {s.name for s in spec.active_steps(cfg)}
+        steps = " -> ".join(f"{s}@{host_of(c).name}" if s in active else f"({s}: off)"
+                            for s, c in zip(spec.steps, spec.step_classes()))
+        print(f"{name}: {steps}\n    {spec.description}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ index
 def cmd_index(args: argparse.Namespace) -> int:
-    from mel import commands
+    from mel.entrypoints import commands
 
     cfg = _cfg(args)
     out = commands.index(cfg, out=args.out, kb=args.kb, dataset=args.dataset, data_dir=args.data_dir,
@@ -37,7 +59,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mel import commands
+    from mel.entrypoints import commands
     from mel.errors import InputError
 
     cfg = _cfg(args)
@@ -59,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from mel import commands
+    from mel.entrypoints import commands
 
     cfg = _cfg(args)
     n = commands.link_batch(cfg, args.index, args.mentions, args.out, method=args.method, local=args.local)
@@ -68,12 +90,13 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mel import commands
+    from mel.entrypoints import commands
 
     cfg = _cfg(args)
     report = commands.evaluate(cfg, dataset=args.dataset, split=args.split, index_dir=args.index,
                                method=args.method, limit=args.limit, data_dir=args.data_dir,
-                               report_path=args.report, batch_size=args.batch_size)
+                               report_path=args.report, batch_size=args.batch_size, sample=args.sample,
+                               seed=args.seed, per_mention=args.per_mention)
     from mel.eval import format_table
 
     print(format_table(report))
@@ -81,14 +104,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mel import demo
+    from mel.entrypoints import demo
 
     return demo.run(args.config, args.overrides, workdir=args.workdir, port=args.port)
 
 
 # ------------------------------------------------------------------------------------------ cluster
 def cmd_submit(args: argparse.Namespace) -> int:
-    from mel import submit
+    from mel.entrypoints import submit
 
     cfg = _cfg(args)
     if args.address is not None:
@@ -103,7 +126,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_render(args: argparse.Namespace) -> int:
-    from mel import cluster_render
+    from mel.entrypoints import cluster_render
 
     for path in cluster_render.render(args):
         print(f"wrote {path}")
@@ -129,7 +152,7 @@ def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     cl = s.add_subparsers(dest="cluster_command", required=True)
     r = cl.add_parser("render", help="write the RayService (serving) and RayJob (index build) manifests")
     _common(r)
-    from mel.cluster_render import add_render_arguments
+    from mel.entrypoints.cluster_render import add_render_arguments
 
     add_render_arguments(r)
     r.set_defaults(func=cmd_cluster_render)
@@ -182,10 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(built there first if it does not exist)")
     s.add_argument("--method", help="linking method (default: config's method)")
     s.add_argument("--limit", type=int, help="first N mentions only (a deterministic slice)")
+    s.add_argument("--sample", type=int, help="score a fixed seeded sample of N mentions of the split (the same "
+                   "mentions for every method and run with the same --seed); the report carries a 95%% CI for H@1")
+    s.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    s.add_argument("--per-mention", action="store_true", help="add one row per mention (gold, answer, gold rank) "
+                   "to the report")
     s.add_argument("--batch-size", type=int, default=64, help="mentions per linking batch")
     s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
     s.add_argument("--report", help="write the JSON report here")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("methods", help="list the registered linking methods and their steps under the config")
+    _common(s)
+    s.set_defaults(func=cmd_methods)
 
     s = sub.add_parser("demo", help="index the shipped demo KB, serve it, link examples over HTTP")
     _common(s)

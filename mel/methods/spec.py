@@ -1,0 +1,74 @@
+"""A linking method is a declaration: a name and an ordered list of registered steps (plus, where it needs one, a
+settings model for its own ``methods.<name>`` config section). What it needs is read from its steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from mel.config import Config
+    from mel.steps.base import Step
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``steps``: registered step names, in order; the last must close (turn states into results). A step whose
+    ``active(cfg)`` is false is skipped (an optional stage switched off). ``settings``: a pydantic model validating
+    ``cfg.methods[name]`` (None: the method takes no settings of its own)."""
+
+    name: str
+    steps: tuple[str, ...]
+    description: str = ""
+    settings: type[BaseModel] | None = None
+
+    def step_classes(self) -> list[type[Step]]:
+        from mel.steps import get_step
+
+        return [get_step(s) for s in self.steps]
+
+    def active_steps(self, cfg: Config) -> list[type[Step]]:
+        return [s for s in self.step_classes() if s.active(cfg)]
+
+    def needs(self, cfg: Config) -> set[str]:
+        """The heavy parts the method's active steps need under ``cfg``."""
+        out: set[str] = set()
+        for s in self.active_steps(cfg):
+            out |= s.needs
+        return out
+
+    def validate(self) -> None:
+        """Check the declaration: known steps, no repeats, ending with a closing step (and only there)."""
+        if not self.steps:
+            raise ValueError(f"method {self.name!r} declares no steps")
+        classes = self.step_classes()  # unknown step names raise, naming the known ones
+        if len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"method {self.name!r} lists a step twice: {list(self.steps)}")
+        if not classes[-1].closes:
+            raise ValueError(f"method {self.name!r} must end with a closing step (e.g. 'nil'), "
+                             f"not {self.steps[-1]!r}")
+        early = [c.name for c in classes[:-1] if c.closes]
+        if early:
+            raise ValueError(f"method {self.name!r}: closing step(s) {early} must come last")
+
+    def method_settings(self, cfg: Config) -> Any:
+        """The validated ``methods.<name>`` section (None when the method takes none). Unknown keys are refused."""
+        raw = cfg.methods.get(self.name)
+        if self.settings is None:
+            if raw:
+                from mel.errors import ConfigError
+
+                raise ConfigError(f"methods.{self.name}: method {self.name!r} takes no settings, got {sorted(raw)}")
+            return None
+        from pydantic import ValidationError
+
+        from mel.errors import ConfigError
+
+        try:
+            return self.settings.model_validate(raw or {})
+        except ValidationError as e:
+            lines = [f"  methods.{self.name}.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+                     for err in e.errors()]
+            raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

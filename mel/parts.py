@@ -1,0 +1,80 @@
+"""The heavy parts steps are built from, and the one function that builds (or takes) them.
+
+Parts are passed in, never built inside a step, so tests hand in doubles and a Serve replica builds its models once
+and swaps only the index (:func:`load_parts` with the models given)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mel.config import Config
+    from mel.encoders.base import ImageEncoder, TextEncoder
+    from mel.index.artifact import IndexArtifact
+    from mel.llm.base import LLMEngine
+    from mel.rerank.base import CrossEncoder
+
+
+@dataclass
+class Parts:
+    """The heavy parts of a linking graph (any may be absent when no step of the method needs it)."""
+
+    index: IndexArtifact | None = None
+    text_encoder: TextEncoder | None = None
+    image_encoder: ImageEncoder | None = None
+    engine: LLMEngine | None = None
+    cross_encoder: CrossEncoder | None = None
+
+    def require(self, name: str, step: str) -> object:
+        """The part ``name`` (attribute name; ``llm`` is ``engine``), or a clear error naming the step."""
+        attr = "engine" if name == "llm" else name
+        value = getattr(self, attr)
+        if value is None:
+            raise ValueError(f"step {step!r} needs the {name} part, but none was built or given (Parts.{attr})")
+        return value
+
+
+def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text_encoder: TextEncoder | None = None,
+               image_encoder: ImageEncoder | None = None, engine: LLMEngine | None = None,
+               cross_encoder: CrossEncoder | None = None, index: IndexArtifact | None = None) -> Parts:
+    """Build the parts in ``needs`` that were not given, and load the index checked against the encoders.
+
+    The image encoder is built only when ``models.image_encoder.enabled``; the index is refused when its manifest
+    names another encoder (the message says what to rebuild)."""
+    needs = set(needs)
+    cache = cfg.models.cache_path()
+    if "index" in needs or "text_encoder" in needs:
+        if text_encoder is None:
+            from mel.encoders import build_text_encoder
+
+            text_encoder = build_text_encoder(cfg.models.text_encoder, cache)
+        wants_images = "image_encoder" in needs or "index" in needs
+        if image_encoder is None and cfg.models.image_encoder.enabled and wants_images:
+            from mel.encoders import build_image_encoder
+
+            image_encoder = build_image_encoder(cfg.models.image_encoder)
+    if "index" in needs and index is None:
+        if index_dir is None:
+            raise ValueError("an index directory is needed: a step of this method searches the index")
+        from mel.index.artifact import IndexArtifact
+
+        assert text_encoder is not None
+        index = IndexArtifact.load(
+            index_dir, expect_encoder_id=text_encoder.id, expect_dim=text_encoder.dim,
+            expect_image_encoder_id=image_encoder.id if image_encoder is not None else None,
+            nprobe=cfg.index.nprobe, use_gpu=cfg.index.use_gpu)
+    if "llm" in needs and engine is None:
+        from mel.llm import build_llm_engine
+
+        engine = build_llm_engine(cfg.models.llm, cache)
+    if "cross_encoder" in needs and cross_encoder is None:
+        from mel.rerank import build_cross_encoder
+
+        cross_encoder = build_cross_encoder(cfg.retrieval.rerank, cache)
+    return Parts(index, text_encoder, image_encoder, engine, cross_encoder)
+
+
+# The name the foundation used; kept for callers that build parts by hand.
+Components = Parts
