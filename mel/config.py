@@ -368,6 +368,48 @@ class SubmitConfig(Strict):
         return v
 
 
+# ----------------------------------------------------------------------------- training
+class SelectorTrainConfig(Strict):
+    """`mel train selector`: LoRA training of the multiple-choice selector. Prompts are exactly the selector's
+    (``mel.stages.select.selection_prompt``): ``selection.candidates`` options from the method's steps before
+    selection (retrieval [+ re-ranking]), ``selection.max_description_chars`` per option."""
+
+    rank: int = Field(8, ge=1, le=512, description="LoRA rank r (at most models.llm.max_lora_rank to be served).")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scale alpha/r).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Linear modules given LoRA weights (vLLM serves LoRA on linear projections only). r=8 on "
+        "q_proj+v_proj trains 0.34% of SmolLM2-135M (the UniMEL paper: ~0.3%).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(4, ge=1, description="Prompts per optimizer step.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training prompts (steps = ceil(epochs * n / "
+                          "batch_size)) unless `steps` is set.")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; None: from epochs.")
+    limit: int | None = Field(None, ge=1, description="Train on a seeded sample of this many mentions of the split "
+                              "(CPU budgets); None: all of them.")
+    hard_first: bool = Field(
+        True, description="With `limit`: take the mentions whose gold is retrieved but not ranked first before the "
+        "others (they teach most), then fill the sample at random (seeded).")
+    shuffle_options: bool = Field(
+        True, description="Shuffle the options of each training prompt (seeded per mention) so the gold is not "
+        "always first: the adapter must read the options (serving keeps the retrieval order; fusion with the "
+        "incoming score carries the rank prior).")
+    seed: int = Field(0, description="Seed of the sample, option order, batch order and LoRA init.")
+    checkpoint_every: int = Field(50, ge=0, description="Save a checkpoint every this many steps (0: none).")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept.")
+    log_every: int = Field(10, ge=1, description="Log loss, examples/s and ETA every this many steps.")
+    dev_limit: int = Field(200, ge=0, description="Dev mentions (a fixed seeded sample) on which the adapter's "
+                           "accuracy is measured at the end (0: none).")
+    dev_fraction: float = Field(0.1, gt=0, lt=1, description="For training data without a dev split (`--mentions`): "
+                                "the share carved out as dev by a stable hash of the mention id (disjoint).")
+
+
+class TrainConfig(Strict):
+    selector: SelectorTrainConfig = Field(default_factory=SelectorTrainConfig,
+                                          description="`mel train selector` (LoRA multiple-choice selector).")
+
+
 # ----------------------------------------------------------------------------- root
 class Config(Strict):
     method: str = Field("llm-select", description="Registered linking method ('retrieval', 'llm-select'); checked "
@@ -387,6 +429,7 @@ class Config(Strict):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig, description="Ray Data jobs.")
     submit: SubmitConfig = Field(default_factory=SubmitConfig, description="`mel submit`: jobs on a Ray cluster.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="`mel train ...`: training runs.")
 
     def hash(self) -> str:
         """Stable hash of the settings (used in artifact manifests)."""

@@ -103,6 +103,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_selector(args: argparse.Namespace) -> int:
+    import json
+
+    from mel.train.selector import train_selector
+
+    cfg = _cfg(args)
+    t = cfg.train.selector
+    for key in ("limit", "steps"):
+        if getattr(args, key) is not None:
+            setattr(t, key, getattr(args, key))
+    report = train_selector(cfg, dataset=args.dataset, mentions_path=args.mentions, split=args.split,
+                            index_dir=args.index, out=args.out, data_dir=args.data_dir, resume=args.resume,
+                            overwrite=args.overwrite)
+    losses = report["losses"]
+    head = sum(losses[:10]) / max(1, len(losses[:10]))
+    tail = sum(losses[-10:]) / max(1, len(losses[-10:]))
+    ev = report.get("evaluation", {})
+    print(json.dumps({"adapter": report["path"], "examples": report["examples"], "steps": report["steps"],
+                      "trainable_share_pct": round(100 * report["trainable_share"], 3),
+                      "loss_first10": round(head, 4), "loss_last10": round(tail, 4),
+                      "train_seconds": report["train_seconds"],
+                      "dev_accuracy_before": ev.get("before", {}).get("accuracy"),
+                      "dev_accuracy_after": ev.get("after", {}).get("accuracy"),
+                      "dev_retrieval_h@1": report["dev"]["retrieval_h@1_on_examples"]}, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mel.entrypoints import demo
 
@@ -214,6 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
     s.add_argument("--report", help="write the JSON report here")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("train", help="train a model part (the LoRA selector)")
+    tr = s.add_subparsers(dest="train_command", required=True)
+    t = tr.add_parser("selector", help="LoRA-train the multiple-choice selector on labelled mentions (UniMEL)")
+    _common(t)
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="benchmark dataset whose --split is trained on, e.g. richpedia-mel")
+    src.add_argument("--mentions", help="or: a mentions JSONL file with gold ids (your own labelled data)")
+    t.add_argument("--split", default="train", help="split to train on (default: train)")
+    t.add_argument("--index", required=True, help="index directory of the KB (built by `mel index`)")
+    t.add_argument("--out", required=True, help="adapter folder to write (appears only when complete)")
+    t.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
+    t.add_argument("--limit", type=int, help="train on a seeded sample of N mentions (train.selector.limit)")
+    t.add_argument("--steps", type=int, help="optimizer steps (train.selector.steps)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>.checkpoints")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder at --out")
+    t.set_defaults(func=cmd_train_selector)
 
     s = sub.add_parser("methods", help="list the registered linking methods and their steps under the config")
     _common(s)

@@ -44,6 +44,20 @@ def build_prompt(mention: Mention, options: list[tuple[str, str]], max_chars: in
     return "\n".join(lines)
 
 
+PROMPT_VERSION = 1
+"""Bumped whenever :func:`selection_prompt` renders differently; adapters record the version they were trained on."""
+
+
+def selection_prompt(mention: Mention, head: list[Candidate], entity_text: Callable[[str], str],
+                     cfg: SelectionConfig, format_chat: Callable[[str, str], str]) -> tuple[str, list[str]]:
+    """The chat prompt showing ``head`` as lettered options, and the letters offered. The one place the selector's
+    prompt is built: serving (:class:`LLMSelector`) and training (``mel.train.selector``) both call it, so they
+    cannot drift."""
+    opts = [(c.name, entity_text(c.entity_id)) for c in head]
+    user = build_prompt(mention, opts, cfg.max_description_chars)
+    return format_chat(SYSTEM_PROMPT, user), list(LETTERS[: len(head)])
+
+
 class LLMSelector:
     """Re-ranks the head of each candidate list with an :class:`LLMEngine`."""
 
@@ -55,13 +69,8 @@ class LLMSelector:
         self.format_chat = format_chat or getattr(engine, "format_chat", None) or (lambda s, u: f"{s}\n\n{u}\n")
 
     def prompts(self, mentions: list[Mention], candidate_lists: list[list[Candidate]]) -> list[tuple[str, list[str]]]:
-        out = []
-        for m, cands in zip(mentions, candidate_lists):
-            head = cands[: self.cfg.candidates]
-            opts = [(c.name, self.entity_text(c.entity_id)) for c in head]
-            user = build_prompt(m, opts, self.cfg.max_description_chars)
-            out.append((self.format_chat(SYSTEM_PROMPT, user), list(LETTERS[: len(head)])))
-        return out
+        return [selection_prompt(m, cands[: self.cfg.candidates], self.entity_text, self.cfg, self.format_chat)
+                for m, cands in zip(mentions, candidate_lists)]
 
     def select(self, mentions: list[Mention], candidate_lists: list[list[Candidate]],
                lora: LoRASpec | None = None) -> list[list[Candidate]]:

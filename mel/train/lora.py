@@ -4,7 +4,8 @@ save it where vLLM can load it per request.
 vLLM constraints honoured here: LoRA on linear projections only (no ``modules_to_save``, no embedding layers
 saved), rank within the engine's ``max_lora_rank``. The folder also gets ``mel_adapter.json`` recording how it
 was made (base model and its architecture fingerprint, rank, steps, losses), which engines check.
-This is the seed of the selector training; the loss is on the answer tokens only.
+The loss is on the answer tokens only. Training checkpoints and resumes (``checkpoint_dir``, ``resume``);
+``mel.train.selector`` builds the multiple-choice pairs of the UniMEL selector and calls it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +66,86 @@ def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], append_eos: 
     return ids, mask, lab
 
 
+def _batch_indices(n: int, step: int, batch_size: int, seed: int, shuffle: bool) -> list[int]:
+    """The pair indices of training step ``step`` (0-based): consecutive slices of one seeded permutation per pass
+    over the data (the identity when ``shuffle`` is off). A function of the step alone, so a resumed run takes
+    exactly the batches the uninterrupted run would have taken."""
+    import numpy as np
+
+    size = min(batch_size, n)
+    out: list[int] = []
+    pos = step * size
+    while len(out) < size:
+        epoch, offset = divmod(pos, n)
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        take = min(size - len(out), n - offset)
+        out.extend(int(i) for i in order[offset:offset + take])
+        pos += take
+    return out
+
+
+def pairs_hash(pairs: Sequence[tuple[str, str]]) -> str:
+    """Content hash of the training pairs (a checkpoint is only resumed on the same data)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for prompt, answer in pairs:
+        h.update(prompt.encode())
+        h.update(b"\x00")
+        h.update(answer.encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+CHECKPOINT_STATE = "state.json"
+
+
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = sorted(d for d in ckpt_root.glob("step-*") if (d / CHECKPOINT_STATE).is_file()) if ckpt_root.is_dir() else []
+    return done[-1] if done else None
+
+
+def _write_checkpoint(ckpt_root: Path, model: Any, optim: Any, state: dict[str, Any], keep: int) -> Path:
+    """``<ckpt_root>/step-NNNNNNNN``: adapter weights, optimizer state and ``state.json`` (written last, inside a temp
+    folder renamed into place), so a folder with ``state.json`` is always complete. Older ones beyond ``keep`` go."""
+    import torch
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{state['step']:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
+    try:
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
+        torch.save(optim.state_dict(), tmp / "optimizer.pt")
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        publish_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    complete = sorted(d for d in ckpt_root.glob("step-*") if (d / CHECKPOINT_STATE).is_file())
+    for old in complete[: -max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha: int = 16,
                       target_modules: Sequence[str] = DEFAULT_TARGETS,
                       train_pairs: list[tuple[str, str]] | None = None, steps: int = 0, lr: float = 1e-4,
                       seed: int = 0, batch_size: int = 8, dropout: float = 0.0, append_eos: bool = True,
-                      overwrite: bool = False) -> dict[str, Any]:
+                      overwrite: bool = False, shuffle: bool = False, checkpoint_dir: str | None = None,
+                      checkpoint_every: int = 0, keep_checkpoints: int = 2, resume: bool = False,
+                      log_every: int = 10, extra_meta: dict[str, Any] | None = None,
+                      evaluate: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Create (and with ``steps > 0`` train) a LoRA adapter on ``base_model_dir``; save it to ``out_dir``.
 
-    Each step takes the next ``batch_size`` pairs (cycling). ``append_eos`` ends each answer with the EOS token,
-    as the engine generates it after a constrained label. The folder appears only when complete. Returns a
-    report: path, trainable/total parameters and their share, per-step losses, settings.
+    Step ``s`` trains on the batch :func:`_batch_indices` gives (consecutive pairs, cycling; a seeded permutation
+    per pass with ``shuffle``). With ``checkpoint_dir`` and ``checkpoint_every > 0``, every that many steps the
+    adapter, optimizer and losses are saved there (atomically; ``keep_checkpoints`` newest kept); ``resume``
+    continues from the newest one, which must have been made with the same base model, data and settings
+    (else :class:`ArtifactMismatch`). ``append_eos`` ends each answer with the EOS token, as the engine generates it
+    after a constrained label. The adapter folder appears only when complete. Returns a report: path,
+    trainable/total parameters and their share, per-step losses, settings (also saved as ``mel_adapter.json``,
+    with ``extra_meta`` merged in). ``evaluate(model, tokenizer)``: called on the fresh adapter (equal to the base
+    model: LoRA starts at zero) and on the trained one; its results are saved as ``evaluation.before`` / ``.after``.
     """
     pairs = _check_pairs(train_pairs, steps)
     if rank < 1 or alpha <= 0 or lr <= 0 or batch_size < 1:
@@ -85,6 +156,8 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
     base = Path(base_model_dir).expanduser().resolve()
     if not (base / "config.json").is_file():
         raise InputError(f"base model {base} is not a Hugging Face model folder (no config.json)")
+    if resume and checkpoint_dir is None:
+        raise InputError("resume needs checkpoint_dir (where the checkpoints of the run to continue are)")
 
     from mel import compat
 
@@ -94,6 +167,7 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mel.errors import ArtifactMismatch
     from mel.models.fingerprint import architecture_fingerprint
 
     t0 = time.perf_counter()
@@ -110,22 +184,62 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
     model = get_peft_model(model, lora_cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    fingerprint = architecture_fingerprint(base)
+    settings = {"base_fingerprint": fingerprint, "rank": rank, "alpha": alpha, "target_modules": list(target_modules),
+                "lr": lr, "seed": seed, "batch_size": batch_size, "dropout": dropout, "append_eos": append_eos,
+                "shuffle": shuffle, "pairs_hash": pairs_hash(pairs), "train_pairs": len(pairs)}
 
+    evaluation: dict[str, Any] = {}
+    if evaluate is not None:
+        model.eval()
+        evaluation["before"] = evaluate(model, tokenizer)
+        log.info("before training: %s", evaluation["before"])
     losses: list[float] = []
+    train_seconds = 0.0
+    start_step = 0
+    ckpt_root = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir else None
     if steps > 0:
-        model.train()
         optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-        for step in range(steps):
-            start = (step * batch_size) % len(pairs)
-            batch = [pairs[(start + j) % len(pairs)] for j in range(min(batch_size, len(pairs)))]
+        latest = _latest_checkpoint(ckpt_root) if (resume and ckpt_root is not None) else None
+        if latest is not None:
+            state = json.loads((latest / CHECKPOINT_STATE).read_text())
+            differ = sorted(k for k, v in settings.items() if state.get("settings", {}).get(k) != v)
+            if differ:
+                raise ArtifactMismatch(f"checkpoint {latest} was made with other {', '.join(differ)} than this run; "
+                                       "resume with the same data and settings, or start without resume")
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(latest / "adapter_model.safetensors")))
+            optim.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+            start_step, losses = int(state["step"]), list(state["losses"])
+            log.info("resuming LoRA training from %s (step %d of %d)", latest, start_step, steps)
+        model.train()
+        t_train = time.perf_counter()
+        for step in range(start_step, steps):
+            batch = [pairs[i] for i in _batch_indices(len(pairs), step, batch_size, seed, shuffle)]
             ids, mask, labels = _encode_pairs(tokenizer, batch, append_eos)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             optim.zero_grad()
             loss.backward()
             optim.step()
             losses.append(float(loss.detach()))
-            log.info("lora step %d/%d loss %.4f", step + 1, steps, losses[-1])
+            done = step + 1
+            if done % max(1, log_every) == 0 or done == steps:
+                recent = losses[-max(1, log_every):]
+                rate = (done - start_step) / max(1e-9, time.perf_counter() - t_train)
+                log.info("lora step %d/%d loss %.4f (mean of last %d: %.4f), %.2f examples/s, ETA %.0fs", done,
+                         steps, losses[-1], len(recent), sum(recent) / len(recent), rate * min(batch_size, len(pairs)),
+                         (steps - done) / max(rate, 1e-9))
+            if ckpt_root is not None and checkpoint_every > 0 and (done % checkpoint_every == 0 or done == steps):
+                _write_checkpoint(ckpt_root, model, optim, {"step": done, "steps": steps, "losses": losses,
+                                                            "settings": settings}, keep_checkpoints)
+        train_seconds = time.perf_counter() - t_train
         model.eval()
+    if evaluate is not None:
+        model.eval()
+        evaluation["after"] = evaluate(model, tokenizer)
+        log.info("after training: %s", evaluation["after"])
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -140,15 +254,10 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
         report: dict[str, Any] = {
             "path": str(out),
             "base_model": str(base),
-            "base_fingerprint": architecture_fingerprint(base),
-            "rank": rank,
-            "alpha": alpha,
-            "target_modules": list(target_modules),
+            **settings,
             "steps": steps,
-            "lr": lr,
-            "seed": seed,
-            "batch_size": batch_size,
-            "train_pairs": len(pairs),
+            "resumed_from_step": start_step,
+            "train_seconds": round(train_seconds, 1),
             "losses": losses,
             "trainable_params": trainable,
             "total_params": total,
@@ -156,7 +265,10 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
             "peft_version": peft.__version__,
             "seconds": round(time.perf_counter() - t0, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra_meta or {}),
         }
+        if evaluation:
+            report["evaluation"] = evaluation
         (tmp / ADAPTER_META).write_text(json.dumps(report, indent=2) + "\n")
         tmp.chmod(0o755)
         publish_dir(tmp, out)

@@ -78,7 +78,7 @@ def test_onnx_reranks_the_demo_kb(onnx_ce, demo_index: Path, text_encoder) -> No
     on = load_config(None, ["method=retrieval", "retrieval.rerank.enabled=true"])
     plain = build_linker(base, str(demo_index), text_encoder=text_encoder).link(mentions)
     linker = build_linker(on, str(demo_index), text_encoder=text_encoder, cross_encoder=onnx_ce)
-    assert linker.reranker is not None
+    assert linker.step_names == ["retrieve", "rerank", "nil"]
     reranked = linker.link(mentions)
     by_id = {m.id: (p, r) for m, p, r in zip(mentions, plain, reranked)}
     p27, r27 = by_id["m27"]

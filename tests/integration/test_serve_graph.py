@@ -178,16 +178,18 @@ def test_online_and_batch_answers_are_identical(app, demo_index: Path, tmp_path:
         assert res["score"] == pytest.approx(b["score"], abs=1e-6)
 
 
-def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path, tmp_path: Path) -> None:
+def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path, tmp_path: Path,
+                                              selector_adapter: str) -> None:
     """llm-select with the real vLLM engine (one in the Selector replica, one in `mel link --local`), one mention
-    per engine batch on both sides: the same answers, candidates and fused scores."""
+    per engine batch on both sides: the same answers, candidates and fused scores. A request naming the freshly
+    trained selector adapter is answered with it (other LLM scores); an unknown adapter is a 400 naming the known."""
     from ray import serve
 
     from mel.entrypoints import commands
 
     cfg = _cfg(serve_port, "sel", **{"method": "llm-select", "models.llm.kv_cache_gb": 0.5,
                                      "models.llm.max_model_len": 1024, "retrieval.top_k": 5,
-                                     "pipelines.link.batch_size": 1})
+                                     "pipelines.link.batch_size": 1, "selection.adapters": {"fresh": selector_adapter}})
     url = commands.start_serve(cfg, str(demo_index))
     ms = _mentions()[:6]
     online = []
@@ -195,6 +197,16 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
         r = httpx.post(f"{url}/v1/link", json=_body([m]), timeout=300)
         assert r.status_code == 200, r.text
         online.append(r.json()["results"][0])
+    tuned = httpx.post(f"{url}/v1/link", json=_body(ms[:1], adapter="fresh"), timeout=300)
+    assert tuned.status_code == 200, tuned.text
+    llm = [c["scores"].get("llm") for c in tuned.json()["results"][0]["candidates"]]
+    assert any(x is not None for x in llm)
+    base_llm = {c["entity_id"]: c["scores"].get("llm") for c in online[0]["candidates"]}
+    pairs = [(c["scores"]["llm"], base_llm[c["entity_id"]]) for c in tuned.json()["results"][0]["candidates"]
+             if c["scores"].get("llm") is not None and base_llm.get(c["entity_id"]) is not None]
+    assert pairs and any(abs(a - b) > 1e-6 for a, b in pairs), pairs
+    bad = httpx.post(f"{url}/v1/link", json=_body(ms[:1], adapter="nope"), timeout=60)
+    assert bad.status_code == 400 and "fresh" in json.dumps(bad.json())
     serve.delete("sel")  # one engine at a time on this machine
     subset = tmp_path / "mentions.jsonl"
     subset.write_text("".join(line + "\n" for line in DEMO_MENTIONS.read_text().splitlines()[:6]))
