@@ -178,6 +178,10 @@ class SelectionConfig(Strict):
         description="Final score = (1-w)*retrieval + w*P(choice); w=1 trusts the LLM alone, w=0 skips the LLM. "
         "Tune on dev with bench/tune_selection.py (0.15 is RichpediaMEL's with the zero-shot SmolLM2-135M).")
     max_description_chars: int = Field(200, ge=0, description="Entity text shown per option, truncated.")
+    merge_adapters: bool = Field(
+        False, description="Serve each adapter of `adapters` merged into its own engine (a copy of the base model "
+        "with the LoRA weights folded in, made once and cached) instead of per-request LoRA: on CPU vLLM's LoRA "
+        "path is ~20x slower than the base model. Costs one engine per adapter.")
 
 
     @model_validator(mode="after")
@@ -401,6 +405,8 @@ class SelectorTrainConfig(Strict):
     log_every: int = Field(10, ge=1, description="Log loss, examples/s and ETA every this many steps.")
     dev_limit: int = Field(200, ge=0, description="Dev mentions (a fixed seeded sample) on which the adapter's "
                            "accuracy is measured at the end (0: none).")
+    eval_every: int = Field(0, ge=0, description="Also measure the dev accuracy every this many steps (0: only "
+                            "before and after training).")
     dev_fraction: float = Field(0.1, gt=0, lt=1, description="For training data without a dev split (`--mentions`): "
                                 "the share carved out as dev by a stable hash of the mention id (disjoint).")
 

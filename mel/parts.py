@@ -6,7 +6,7 @@ and swaps only the index (:func:`load_parts` with the models given)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ class Parts:
     image_encoder: ImageEncoder | None = None
     engine: LLMEngine | None = None
     cross_encoder: CrossEncoder | None = None
+    adapter_engines: dict[str, LLMEngine] = field(default_factory=dict)
+    """Adapter name -> an engine serving that adapter merged into the base model (``selection.merge_adapters``)."""
 
     def require(self, name: str, step: str) -> object:
         """The part ``name`` (attribute name; ``llm`` is ``engine``), or a clear error naming the step."""
@@ -38,7 +40,8 @@ class Parts:
 
 def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text_encoder: TextEncoder | None = None,
                image_encoder: ImageEncoder | None = None, engine: LLMEngine | None = None,
-               cross_encoder: CrossEncoder | None = None, index: IndexArtifact | None = None) -> Parts:
+               cross_encoder: CrossEncoder | None = None, index: IndexArtifact | None = None,
+               adapter_engines: dict[str, LLMEngine] | None = None) -> Parts:
     """Build the parts in ``needs`` that were not given, and load the index checked against the encoders.
 
     The image encoder is built only when ``models.image_encoder.enabled``; the index is refused when its manifest
@@ -69,11 +72,15 @@ def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text
         from mel.llm import build_llm_engine
 
         engine = build_llm_engine(cfg.models.llm, cache)
+    if "llm" in needs and adapter_engines is None and cfg.selection.merge_adapters and cfg.selection.adapters:
+        from mel.llm import build_merged_engines
+
+        adapter_engines = build_merged_engines(cfg.models.llm, cfg.selection.adapters, cache)
     if "cross_encoder" in needs and cross_encoder is None:
         from mel.rerank import build_cross_encoder
 
         cross_encoder = build_cross_encoder(cfg.retrieval.rerank, cache)
-    return Parts(index, text_encoder, image_encoder, engine, cross_encoder)
+    return Parts(index, text_encoder, image_encoder, engine, cross_encoder, dict(adapter_engines or {}))
 
 
 # The name the foundation used; kept for callers that build parts by hand.

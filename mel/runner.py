@@ -54,8 +54,14 @@ class Runner:
         self.name = method or cfg.method
         self.spec = registry.get(self.name)
         self.spec.method_settings(cfg)  # refuse bad methods.<name> settings before building anything
+        self.default_adapter = self.spec.default_adapter(cfg)
         self.parts = parts
         self.steps: list[Step] = [cls(cfg, parts) for cls in self.spec.active_steps(cfg)]
+        if parts.index is not None and any("llm" in c.needs for c in self.spec.active_steps(cfg)):
+            from mel.llm.adapters import check_adapters_for_index
+
+            check_adapters_for_index(cfg.selection.adapters, parts.index.manifest.kb_hash,
+                                     index_dir=str(getattr(parts.index, "path", "")))
 
     @classmethod
     def load(cls, cfg: Config, index_dir: str | None, *, method: str | None = None, **given: Any) -> Runner:
@@ -76,17 +82,18 @@ class Runner:
     def link(self, mentions: list[Mention], images: list[Any] | None = None, adapter: str | None = None,
              k: int | None = None) -> list[LinkResult]:
         """Link a batch. ``images[i]``: a PIL image for mention i (None: its ``image`` file, when retrieval uses
-        images); ``adapter``: a LoRA adapter name (default ``selection.lora_adapter``); ``k``: candidates
-        returned (default ``retrieval.top_k``)."""
+        images); ``adapter``: a LoRA adapter name (default: the method's, see ``MethodSpec.default_adapter``);
+        ``k``: candidates returned (default ``retrieval.top_k``)."""
         if not mentions:
             return []
         images = images if images is not None else [None] * len(mentions)
         if len(images) != len(mentions):
             raise ValueError(f"{len(images)} images for {len(mentions)} mentions")
-        name = adapter or self.cfg.selection.lora_adapter
+        name = adapter or self.default_adapter
         states = [MentionState(m, image=im, adapter=name, k=k) for m, im in zip(mentions, images)]
         return close_results(run_steps(self.steps, states), self.name)
 
     def shutdown(self) -> None:
-        if self.parts.engine is not None:
-            self.parts.engine.shutdown()
+        for engine in [self.parts.engine, *self.parts.adapter_engines.values()]:
+            if engine is not None:
+                engine.shutdown()

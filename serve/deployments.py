@@ -78,7 +78,7 @@ class HostDeployment:
 
         m = self.models
         parts = load_parts(self.cfg, index_dir, {"index"}, text_encoder=m.text_encoder, image_encoder=m.image_encoder,
-                           cross_encoder=m.cross_encoder, engine=m.engine)
+                           cross_encoder=m.cross_encoder, engine=m.engine, adapter_engines=m.adapter_engines)
         return self._build(parts), parts.index
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -163,12 +163,13 @@ class HostDeployment:
         return [(s, ms, len(items), self._batches) for s in out if s is not None]
 
     def __del__(self) -> None:
-        engine = getattr(getattr(self, "models", None), "engine", None)
-        if engine is not None:
-            try:
-                engine.shutdown()
-            except Exception:  # noqa: BLE001 -- best effort at teardown
-                pass
+        models = getattr(self, "models", None)
+        for engine in [getattr(models, "engine", None), *getattr(models, "adapter_engines", {}).values()]:
+            if engine is not None:
+                try:
+                    engine.shutdown()
+                except Exception:  # noqa: BLE001 -- best effort at teardown
+                    pass
 
 
 async def gather_batched(metrics: StageMetrics, deployment: str, request_id: str, t0: float,

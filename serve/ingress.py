@@ -99,7 +99,7 @@ _LINK_DOC = {
     "requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/LinkRequest"}}}},
 }
-_ERRORS = {s: {"model": ErrorOut} for s in (400, 413, 422, 500, 503, 504)}
+_ERRORS = {s: {"model": ErrorOut} for s in (400, 404, 413, 422, 500, 503, 504)}
 
 
 @api.exception_handler(RequestValidationError)
@@ -155,6 +155,7 @@ class Ingress:
         self.cfg = Config.model_validate(cfg)
         registry.load_plugins(self.cfg.plugins)
         self.spec = registry.get(self.cfg.method)
+        self.default_adapter = self.spec.default_adapter(self.cfg)
         self.segments = segments(self.spec.active_steps(self.cfg))
         missing = sorted({h.name for h, _ in self.segments if h.name != "local"} - set(handles))
         if missing:
@@ -183,7 +184,7 @@ class Ingress:
             raise BadRequest(413, f"too many mentions ({len(req.mentions)} > "
                              f"{self.cfg.serve.max_mentions_per_request})")
         if req.adapter is not None and req.adapter not in self.cfg.selection.adapters:
-            raise BadRequest(400, f"unknown adapter {req.adapter!r}",
+            raise BadRequest(404, f"unknown adapter {req.adapter!r}; known: {sorted(self.cfg.selection.adapters)}",
                              [f"adapter: known: {sorted(self.cfg.selection.adapters)}"])
         return req
 
@@ -214,7 +215,7 @@ class Ingress:
             mentions = [Mention(id=m.id if m.id is not None else str(i), surface=m.surface, context=m.context,
                                 attributes=dict(m.attributes)) for i, m in enumerate(req.mentions)]
             k = req.top_k or self.cfg.retrieval.top_k
-            adapter = req.adapter or self.cfg.selection.lora_adapter
+            adapter = req.adapter or self.default_adapter
             budget = self.cfg.serve.request_timeout_s
             run = self._run(mentions, images, k, adapter, rid, state, t_start)
             if budget is None:

@@ -66,6 +66,17 @@ def preflight_index(cfg: Config, index_dir: str) -> None:
     cache = cfg.models.cache_path()
     text_id = model_id(te.model, resolve_model(te.model, kind="text", cache_dir=cache))
     check_compatible(art.manifest, encoder_id=text_id, dim=None, metric=cfg.index.metric, where=str(index_dir))
+    from mel.methods import method_needs
+
+    if "llm" in method_needs(cfg):  # adapters trained for another KB, or another base model, are refused here
+        from mel.llm.adapters import check_adapters_for_index, check_lora_adapter
+        from mel.models.fingerprint import architecture_fingerprint
+
+        check_adapters_for_index(cfg.selection.adapters, art.manifest.kb_hash, index_dir=str(index_dir))
+        base = resolve_model(cfg.models.llm.model, kind="llm", cache_dir=cache)
+        fingerprint = architecture_fingerprint(base)
+        for path in cfg.selection.adapters.values():
+            check_lora_adapter(path, max_rank=cfg.models.llm.max_lora_rank, base_fingerprint=fingerprint)
 
 
 # The proxy's own timeout (HTTP 408) is set this much later than serve.request_timeout_s, so the ingress answers

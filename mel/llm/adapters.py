@@ -62,3 +62,23 @@ def adapter_version(path: str | Path) -> int:
         if (p / w).is_file():
             return (p / w).stat().st_mtime_ns
     return 0
+
+
+def check_adapters_for_index(adapters: dict[str, str], kb_hash: str, *, index_dir: str = "") -> None:
+    """Refuse, before serving or linking, a configured adapter trained on another KB than the index serves (its
+    ``mel_adapter.json`` records the KB hash; adapters without one, e.g. made by hand, pass). The message names
+    the adapter and the fix."""
+    for name, path in sorted(adapters.items()):
+        meta_path = Path(path) / ADAPTER_META
+        if not meta_path.is_file():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON: {e}", path=str(meta_path), line=e.lineno) from e
+        trained_on = meta.get("kb_hash")
+        if trained_on is not None and trained_on != kb_hash:
+            raise ArtifactMismatch(
+                f"adapter {name!r} ({path}) was trained for KB {trained_on}, but the index {index_dir or ''} serves "
+                f"KB {kb_hash}; retrain it with `mel train selector --index <this index> ...` or serve the index "
+                "it was trained with")

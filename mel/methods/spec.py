@@ -53,6 +53,18 @@ class MethodSpec:
         if early:
             raise ValueError(f"method {self.name!r}: closing step(s) {early} must come last")
 
+    def default_adapter(self, cfg: Config) -> str | None:
+        """The LoRA adapter name used when a call names none: the method's own ``methods.<name>.adapter`` when its
+        settings have one, else ``selection.lora_adapter``. It must be one of ``selection.adapters``."""
+        settings = self.method_settings(cfg)
+        name = getattr(settings, "adapter", None) or cfg.selection.lora_adapter
+        if name is not None and name not in cfg.selection.adapters:
+            from mel.errors import ConfigError
+
+            raise ConfigError(f"default adapter {name!r} of method {self.name!r} is not in selection.adapters "
+                              f"(known: {sorted(cfg.selection.adapters)})")
+        return name
+
     def method_settings(self, cfg: Config) -> Any:
         """The validated ``methods.<name>`` section (None when the method takes none). Unknown keys are refused."""
         raw = cfg.methods.get(self.name)

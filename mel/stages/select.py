@@ -88,6 +88,7 @@ class LLMSelector:
             for j, c in enumerate(candidate_lists[i]):
                 p = probs.get(labels[j], 0.0) if j < len(labels) else 0.0
                 scores = dict(c.scores)
+                scores["pre_select"] = c.score  # what the candidate entered with (tuning the fusion reads it)
                 if j < len(labels):
                     scores["llm"] = p
                 final = fuse(c.score, p, w)  # the score entering the stage: retrieval, or re-ranked when on

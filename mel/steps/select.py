@@ -38,7 +38,11 @@ class SelectStep(Step):
         texts: dict[str, str] = {}
         for s in states:
             texts.update(s.texts)
-        selector = LLMSelector(self.engine, self.cfg.selection, lambda eid: texts.get(eid, ""))
+
+        def selector_for(engine) -> LLMSelector:  # noqa: ANN001
+            return LLMSelector(engine, self.cfg.selection, lambda eid: texts.get(eid, ""))
+
+        base = selector_for(self.engine)
         by_adapter: dict[str | None, list[MentionState]] = {}
         for s in states:
             by_adapter.setdefault(s.adapter, []).append(s)
@@ -46,8 +50,12 @@ class SelectStep(Step):
             if name is not None and name not in self.cfg.selection.adapters:
                 raise InputError(f"unknown adapter {name!r}; known: {sorted(self.cfg.selection.adapters)}",
                                  field="adapter")
-            lora = LoRASpec(name, self.cfg.selection.adapters[name]) if name else None
-            res = selector.select([s.mention for s in group], [s.candidates for s in group], lora=lora)
+            merged = self.parts.adapter_engines.get(name) if name else None
+            if merged is not None:  # the adapter folded into its own engine: no per-request LoRA
+                res = selector_for(merged).select([s.mention for s in group], [s.candidates for s in group])
+            else:
+                lora = LoRASpec(name, self.cfg.selection.adapters[name]) if name else None
+                res = base.select([s.mention for s in group], [s.candidates for s in group], lora=lora)
             for s, c in zip(group, res, strict=True):
                 s.candidates = c
         return states

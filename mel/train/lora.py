@@ -134,7 +134,8 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
                       overwrite: bool = False, shuffle: bool = False, checkpoint_dir: str | None = None,
                       checkpoint_every: int = 0, keep_checkpoints: int = 2, resume: bool = False,
                       log_every: int = 10, extra_meta: dict[str, Any] | None = None,
-                      evaluate: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+                      evaluate: Callable[[Any, Any], dict[str, Any]] | None = None,
+                      eval_every: int = 0) -> dict[str, Any]:
     """Create (and with ``steps > 0`` train) a LoRA adapter on ``base_model_dir``; save it to ``out_dir``.
 
     Step ``s`` trains on the batch :func:`_batch_indices` gives (consecutive pairs, cycling; a seeded permutation
@@ -231,6 +232,11 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
                 log.info("lora step %d/%d loss %.4f (mean of last %d: %.4f), %.2f examples/s, ETA %.0fs", done,
                          steps, losses[-1], len(recent), sum(recent) / len(recent), rate * min(batch_size, len(pairs)),
                          (steps - done) / max(rate, 1e-9))
+            if evaluate is not None and eval_every > 0 and done % eval_every == 0 and done != steps:
+                model.eval()
+                evaluation.setdefault("by_step", {})[str(done)] = evaluate(model, tokenizer)
+                log.info("after step %d: %s", done, evaluation["by_step"][str(done)])
+                model.train()
             if ckpt_root is not None and checkpoint_every > 0 and (done % checkpoint_every == 0 or done == steps):
                 _write_checkpoint(ckpt_root, model, optim, {"step": done, "steps": steps, "losses": losses,
                                                             "settings": settings}, keep_checkpoints)

@@ -299,4 +299,4 @@ def train_selector(cfg: Config, *, index_dir: str, out: str, dataset: str | None
         batch_size=tcfg.batch_size, dropout=tcfg.dropout, shuffle=True, overwrite=overwrite or resume,
         checkpoint_dir=str(out_path.parent / f"{out_path.name}.checkpoints"), checkpoint_every=tcfg.checkpoint_every,
         keep_checkpoints=tcfg.keep_checkpoints, resume=resume, log_every=tcfg.log_every, extra_meta=meta,
-        evaluate=letter_accuracy(dev_examples) if dev_examples else None)
+        evaluate=letter_accuracy(dev_examples) if dev_examples else None, eval_every=tcfg.eval_every)

@@ -92,7 +92,7 @@ def test_many_mentions_in_one_request_keep_order(server) -> None:
     ({"mentions": [{"context": "no surface"}]}, 422, "mentions.0.surface"),
     ({"mentions": [{"surface": "   "}]}, 422, "mentions.0.surface"),
     ({"mentions": [{"surface": "x", "colour": "red"}]}, 422, "mentions.0.colour"),
-    ({"mentions": [{"surface": "x"}], "adapter": "nope"}, 400, "unknown adapter"),
+    ({"mentions": [{"surface": "x"}], "adapter": "nope"}, 404, "unknown adapter"),
     ({"mentions": [{"surface": "x", "image_base64": "!!!notbase64"}]}, 400, "base64"),
     ({"mentions": [{"surface": "x", "image_base64": base64.b64encode(b"not an image").decode()}]}, 400,
      "cannot decode image"),

@@ -182,7 +182,7 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
                                               selector_adapter: str) -> None:
     """llm-select with the real vLLM engine (one in the Selector replica, one in `mel link --local`), one mention
     per engine batch on both sides: the same answers, candidates and fused scores. A request naming the freshly
-    trained selector adapter is answered with it (other LLM scores); an unknown adapter is a 400 naming the known."""
+    trained selector adapter is answered with it (other LLM scores); an unknown adapter is a 404 naming the known."""
     from ray import serve
 
     from mel.entrypoints import commands
@@ -206,7 +206,7 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
              if c["scores"].get("llm") is not None and base_llm.get(c["entity_id"]) is not None]
     assert pairs and any(abs(a - b) > 1e-6 for a, b in pairs), pairs
     bad = httpx.post(f"{url}/v1/link", json=_body(ms[:1], adapter="nope"), timeout=60)
-    assert bad.status_code == 400 and "fresh" in json.dumps(bad.json())
+    assert bad.status_code == 404 and "fresh" in bad.json()["error"]
     serve.delete("sel")  # one engine at a time on this machine
     subset = tmp_path / "mentions.jsonl"
     subset.write_text("".join(line + "\n" for line in DEMO_MENTIONS.read_text().splitlines()[:6]))

@@ -122,3 +122,33 @@ def test_a_host_restarts_only_for_its_own_settings_and_step_code(monkeypatch: py
     monkeypatch.setattr(app, "_module_source", edited)
     code = _versions([])
     assert code["retriever"] == base["retriever"] and code["llm"] != base["llm"]
+
+
+def test_unimel_is_declared_and_its_default_adapter_is_checked() -> None:
+    spec = registry.get("unimel")
+    assert spec.steps == ("retrieve", "rerank", "select", "nil")
+    cfg = load_config(None, {"method": "unimel", "selection.adapters": {"rp": "/a", "wiki": "/b"},
+                             "selection.lora_adapter": "wiki"})
+    assert spec.default_adapter(cfg) == "wiki"
+    cfg.methods["unimel"] = {"adapter": "rp"}
+    assert spec.default_adapter(cfg) == "rp"
+    cfg.methods["unimel"] = {"adapter": "nope"}
+    with pytest.raises(ConfigError, match="default adapter 'nope' of method 'unimel' is not in selection.adapters"):
+        spec.default_adapter(cfg)
+    assert registry.get("llm-select").default_adapter(load_config(None)) is None
+
+
+def test_an_adapter_trained_for_another_kb_is_refused(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from mel.errors import ArtifactMismatch
+    from mel.llm.adapters import ADAPTER_META, check_adapters_for_index
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / ADAPTER_META).write_text(json.dumps({"kb_hash": "kb-1"}))
+    b = tmp_path / "b"
+    b.mkdir()  # made by hand: no manifest, nothing to check
+    check_adapters_for_index({"a": str(a), "b": str(b)}, "kb-1")
+    with pytest.raises(ArtifactMismatch, match="adapter 'a' .* trained for KB kb-1, but the index .* serves KB kb-2"):
+        check_adapters_for_index({"a": str(a)}, "kb-2", index_dir="/idx")

@@ -285,3 +285,75 @@ def test_ingress_refuses_an_invalid_request_id() -> None:
     status, body, _ = _call(ing, {"mentions": [{"surface": "a"}]}, {"X-Request-ID": "x" * 129})
     assert status == 400 and "X-Request-ID" in body["error"] and body["request_id"] is None
     assert retr.request_ids == []
+
+
+def test_ingress_answers_404_naming_the_known_adapters() -> None:
+    cfg = load_config(None, {"method": "llm-select", "selection.adapters": {"rp": "/x"}})
+    retr = FakeRetriever()
+    ing, _ = _ingress(cfg, retr, FakeSelector())
+    status, body, _ = _call(ing, {"mentions": [{"surface": "a"}], "adapter": "wiki"})
+    assert status == 404 and "unknown adapter 'wiki'" in body["error"] and "rp" in body["error"]
+    assert retr.request_ids == []
+
+
+def test_select_step_uses_an_adapters_merged_engine_and_lora_otherwise(index_dir: Path) -> None:
+    from mel.steps import get_step
+
+    cfg = load_config(None, {"method": "llm-select", "selection.adapters": {"rp": "/rp", "wiki": "/wiki"}})
+    base, merged = FakeLLMEngine(), FakeLLMEngine()
+    parts = _parts(index_dir, base)
+    parts.adapter_engines = {"rp": merged}
+    runner = Runner(cfg, parts)
+    ms = _mentions()[:4]
+    runner.link(ms, adapter="rp")
+    assert merged.calls == [("choose", 4, None)] and base.calls == []  # merged: no per-request LoRA
+    runner.link(ms, adapter="wiki")
+    runner.link(ms)
+    assert base.calls == [("choose", 4, "wiki"), ("choose", 4, None)]
+    assert get_step("select").needs == frozenset({"llm"})
+
+
+def test_merged_engines_are_built_once_per_adapter_from_a_cached_merge(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import mel.llm as llm
+    import mel.models.sources as sources
+
+    built: list[tuple[str, bool]] = []
+    merged: list[str] = []
+    monkeypatch.setattr(sources, "resolve_model", lambda model, kind, cache_dir: "/base")
+    monkeypatch.setattr(llm, "merged_adapter_dir", lambda base, path, cache, dtype: merged.append(path) or
+                        f"{cache}/merged-{path.strip('/')}")
+    monkeypatch.setattr(llm, "build_llm_engine", lambda cfg, cache=None: built.append((cfg.model, cfg.enable_lora))
+                        or FakeLLMEngine())
+    cfg = load_config(None, {"selection.adapters": {"rp": "/rp", "wiki": "/wiki"}})
+    engines = llm.build_merged_engines(cfg.models.llm, cfg.selection.adapters, str(tmp_path))
+    assert sorted(engines) == ["rp", "wiki"] and merged == ["/rp", "/wiki"]
+    assert built == [(f"{tmp_path}/merged-rp", False), (f"{tmp_path}/merged-wiki", False)]
+
+
+def test_merged_adapter_folder_is_cached_by_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import mel.train.lora as lora
+    from mel.llm import merged_adapter_dir
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-1")
+    calls: list[str] = []
+
+    def fake_merge(base_dir: str, adapter_dir: str, out_dir: str, **kw: Any) -> str:
+        calls.append(out_dir)
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "config.json").write_text("{}")
+        return out_dir
+
+    monkeypatch.setattr(lora, "merge_lora_adapter", fake_merge)
+    cache = str(tmp_path / "cache")
+    a = merged_adapter_dir(str(base), str(adapter), cache, "bfloat16")
+    assert merged_adapter_dir(str(base), str(adapter), cache, "bfloat16") == a and len(calls) == 1
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-2")  # retrained: a new merge
+    b = merged_adapter_dir(str(base), str(adapter), cache, "bfloat16")
+    assert b != a and len(calls) == 2

@@ -1,0 +1,26 @@
+"""``unimel``: UniMEL's linking chain on the shared steps: retrieval -> cross-encoder re-ranking -> an LLM,
+LoRA-tuned as a multiple-choice selector (``mel train selector``), picks among the re-ranked head -> NIL.
+
+Its score is the selector's fusion ``(1 - w) * re-ranked + w * P(option)`` (``selection.fusion_weight``, tuned on
+dev): both parts lie in [0, 1], so ``nil.threshold`` applies to a probability-like score. The adapter used when a
+request names none is ``methods.unimel.adapter`` (a name in ``selection.adapters``), else
+``selection.lora_adapter``; ``configs/unimel.yaml`` turns re-ranking on. Entity summaries and mention descriptions
+(UniMEL's augmentation) are a later part.
+"""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mel.methods.registry import register_method
+from mel.methods.spec import MethodSpec
+
+
+class UnimelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adapter: str | None = Field(None, description="Name (in selection.adapters) of the trained selector adapter "
+                                "used when a request names none; None: selection.lora_adapter.")
+
+
+register_method(MethodSpec(
+    "unimel", ("retrieve", "rerank", "select", "nil"),
+    "UniMEL: retrieval, cross-encoder re-ranking, then the LoRA-tuned LLM picks one candidate (multiple choice)",
+    UnimelSettings))
