@@ -81,11 +81,42 @@ def serving_table(sv: dict) -> list[str]:
     return lines + [""]
 
 
+def serving_ab_table(ab: dict) -> list[str]:
+    lines = ["### The declared linking graph against the graph before it (llm-select over HTTP, side by side)", "",
+             "| client concurrency | before: req/s | after: req/s | ratio | before: p50 ms | after: p50 ms |",
+             "|---|---|---|---|---|---|"]
+    ip = ab["in_process"]
+    lines.append(f"| in-process | {_f(ip['old']['rps'], 2)} | {_f(ip['new']['rps'], 2)} | "
+                 f"{_f(ip['rps_ratio_new_over_old'], 2)} | {_f(ip['old']['p50_ms'])} | {_f(ip['new']['p50_ms'])} |")
+    for c, r in ab["levels"].items():
+        lines.append(f"| {c} | {_f(r['old']['rps'], 2)} | {_f(r['new']['rps'], 2)} | "
+                     f"{_f(r['rps_ratio_new_over_old'], 2)} | {_f(r['old']['p50_ms'])} | {_f(r['new']['p50_ms'])} |")
+    return lines + ["", f"Command: `{ab['command']}` (before: commit {ab['old_commit']}). {ab['note']}", ""]
+
+
+def selector_training_table(st: dict) -> list[str]:
+    dev = st["dev_accuracy"]
+    lines = ["### Selector training (`mel train selector`, LoRA on SmolLM2-135M, 2 CPU cores)", "",
+             "| dataset | examples | steps x batch | trainable | examples/s | train min | dev: retrieval H@1 | "
+             "dev: LLM before | dev: LLM after |", "|---|---|---|---|---|---|---|---|---|",
+             f"| {st['dataset']} | {st['examples']} | {st['steps']} x {st['batch_size']} | "
+             f"{_f(st['trainable_share_pct'], 2)}% | {_f(st['examples_per_s'], 2)} | {_f(st['train_seconds'] / 60)} | "
+             f"{_f(st['dev']['retrieval_h@1_on_examples'])} | {_f((dev.get('before') or {}).get('accuracy'))} | "
+             f"{_f((dev.get('after') or {}).get('accuracy'))} |", ""]
+    if dev.get("by_step"):
+        lines += ["Dev accuracy of the LLM alone by step: " + ", ".join(
+            [f"0: {_f((dev.get('before') or {}).get('accuracy'))}"]
+            + [f"{k}: {_f(v.get('accuracy'))}" for k, v in dev["by_step"].items()]
+            + [f"{st['steps']}: {_f((dev.get('after') or {}).get('accuracy'))}"]), ""]
+    return lines + [f"Command: `{st['command']}`", ""]
+
+
 def main() -> int:
     parts: list[str] = []
     for name, fn in [("accuracy.json", accuracy_table), ("selection_tuning.json", tuning_table),
                      ("indexing.json", indexing_table),
-                     ("index_scale.json", index_scale_table), ("serving.json", serving_table)]:
+                     ("index_scale.json", index_scale_table), ("serving.json", serving_table),
+                     ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table)]:
         data = _load(name)
         if data:
             parts += fn(data)
