@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--sample", type=int, help="score the evaluator's fixed seeded sample of N mentions")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    ap.add_argument("--label", help="key of the result row (default: the method name), e.g. an ablation's name")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             report = commands.evaluate(cfg, dataset=ds, split=args.split, index_dir=str(index_dir), method=method,
                                        limit=args.limit, batch_size=args.batch_size, linker=linker,
                                        sample=args.sample, seed=args.seed)
-            write_report(report, Path(args.workdir) / f"report-{ds}-{method}.json")
+            label = args.label or method
+            write_report(report, Path(args.workdir) / f"report-{ds}-{label}.json")
             rank = report["ranking"]["all_mentions"]
             entry = {k: round(rank[k], 2) for k in ("hits@1", "hits@5", "hits@10", "hits@20", "mrr")}
             entry.update({
@@ -75,13 +77,16 @@ def main(argv: list[str] | None = None) -> int:
                 "hits@1_ci95": [round(x, 2) for x in report["confidence"]["hits@1_all_mentions"]],
                 "command": f"python bench/bench_accuracy.py --datasets {ds} --methods {method}"
                 + (f" --sample {args.sample} --seed {args.seed}" if args.sample else "")
+                + (f" --label {args.label}" if args.label else "")
+                + (f" --config {args.config}" if args.config else "")
                 + "".join(f" --set {o}" for o in args.overrides),
                 "settings": {"fusion_weight": cfg.selection.fusion_weight, "candidates": cfg.selection.candidates,
                              "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype} if method != "retrieval"
                 else {"top_k": cfg.retrieval.top_k},
                 "seconds": round(time.perf_counter() - t0, 1),
             })
-            results.setdefault(ds, {})[method] = entry
+            entry["method"] = method
+            results.setdefault(ds, {})[label] = entry
             if linker is not None:
                 linker.shutdown()  # the engine, when the method's steps needed one
             print(json.dumps({ds: {method: entry}}, indent=1), flush=True)

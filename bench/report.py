@@ -26,11 +26,14 @@ def _f(v: object, digits: int = 1) -> str:
 
 def accuracy_table(acc: dict) -> list[str]:
     lines = ["### Accuracy (test splits, text side, full KB as candidates; percent)", "",
-             "| dataset | method | mentions | H@1 | H@5 | H@10 | H@20 | MRR | accuracy | mentions/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | row | mentions | H@1 | H@1 95% CI | H@5 | H@10 | H@20 | MRR | accuracy | mentions/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds, methods in sorted(acc.items()):
-        for m, r in methods.items():
-            lines.append(f"| {ds} | {m} | {r.get('mentions')} | {_f(r.get('hits@1'))} | {_f(r.get('hits@5'))} | "
+        for m, r in sorted(methods.items(), key=lambda kv: (bool(kv[1].get("sample")), kv[0])):
+            ci = r.get("hits@1_ci95")
+            n = f"{r.get('mentions')}" + (f" (sample, seed {r['sample']['seed']})" if r.get("sample") else "")
+            lines.append(f"| {ds} | {m} | {n} | {_f(r.get('hits@1'))} | "
+                         f"{'–' if not ci else f'{ci[0]:.1f}-{ci[1]:.1f}'} | {_f(r.get('hits@5'))} | "
                          f"{_f(r.get('hits@10'))} | {_f(r.get('hits@20'))} | {_f(r.get('mrr'))} | "
                          f"{_f(r.get('accuracy'))} | {_f(r.get('mentions_per_s'))} |")
     lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for ms in acc.values() for r in ms.values()

@@ -392,6 +392,9 @@ class SelectorTrainConfig(Strict):
     steps: int | None = Field(None, ge=1, description="Optimizer steps; None: from epochs.")
     limit: int | None = Field(None, ge=1, description="Train on a seeded sample of this many mentions of the split "
                               "(CPU budgets); None: all of them.")
+    pool: int | None = Field(None, ge=1, description="Candidates are computed for a seeded sample of this many "
+                             "training mentions, from which `limit` are chosen (re-ranking every training mention "
+                             "costs minutes on CPU); None: all of them.")
     hard_first: bool = Field(
         True, description="With `limit`: take the mentions whose gold is retrieved but not ranked first before the "
         "others (they teach most), then fill the sample at random (seeded).")

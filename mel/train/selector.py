@@ -249,6 +249,8 @@ def train_selector(cfg: Config, *, index_dir: str, out: str, dataset: str | None
     train_all, dev_all, kb_ids, source = training_data(cfg, index_dir=index_dir, dataset=dataset,
                                                        mentions_path=mentions_path, split=split, data_dir=data_dir)
     dev = fixed_sample(dev_all, tcfg.dev_limit, tcfg.seed) if tcfg.dev_limit and dev_all else []
+    if tcfg.pool is not None:  # candidates for a seeded pool only; `limit` is chosen from it
+        train_all = fixed_sample(train_all, tcfg.pool, tcfg.seed)
     t0 = time.perf_counter()
     cands, index = candidates_before_selection(cfg, index_dir, train_all + dev, **given)
     retrieve_s = time.perf_counter() - t0
@@ -282,7 +284,7 @@ def train_selector(cfg: Config, *, index_dir: str, out: str, dataset: str | None
     meta = {
         "trained_for": "mel selector (multiple choice)",
         "prompt_version": PROMPT_VERSION,
-        "source": source, "examples": len(examples), "example_stats": stats,
+        "source": source, "examples": len(examples), "example_stats": stats, "pool": len(train_all),
         "dev": {"mentions": len(dev), "examples": len(dev_examples), "example_stats": dev_stats,
                 "retrieval_h@1_on_examples": round(100.0 * sum(r == 1 for r in ranks) / len(ranks), 2)
                 if ranks else None},
