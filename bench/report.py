@@ -100,7 +100,7 @@ def serving_ab_table(ab: dict) -> list[str]:
 def selector_training_table(st: dict) -> list[str]:
     dev = st["dev_accuracy"]
     lines = ["### Selector training (`mel train selector`, LoRA on SmolLM2-135M, 2 CPU cores)", "",
-             "| dataset | examples | steps x batch | trainable | examples/s | train min | dev: candidates H@1 (retrieval + re-ranking) | "
+             "| dataset | examples | steps x batch | trainable | examples/s | train min | dev: candidates H@1 | "
              "dev: LLM before | dev: LLM after |", "|---|---|---|---|---|---|---|---|---|",
              f"| {st['dataset']} | {st['examples']} | {st['steps']} x {st['batch_size']} | "
              f"{_f(st['trainable_share_pct'], 2)}% | {_f(st['examples_per_s'], 2)} | {_f(st['train_seconds'] / 60)} | "
