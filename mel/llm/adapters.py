@@ -32,6 +32,17 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
         raise InputError(f"not valid JSON: {e}", path=str(cfg_path), line=e.lineno) from e
 
 
+def read_adapter_meta(path: str | Path) -> dict[str, Any] | None:
+    """The adapter's ``mel_adapter.json`` (how it was made), or None for an adapter made elsewhere."""
+    meta_path = Path(path) / ADAPTER_META
+    if not meta_path.is_file():
+        return None
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e}", path=str(meta_path), line=e.lineno) from e
+
+
 def check_lora_adapter(path: str | Path, *, max_rank: int, base_fingerprint: str | None = None) -> dict[str, Any]:
     """Refuse adapters an engine cannot serve: rank above ``max_rank``, ``modules_to_save`` (full layers vLLM
     does not load), or a different base model (when both fingerprints are known). Returns the adapter config."""
@@ -43,9 +54,8 @@ def check_lora_adapter(path: str | Path, *, max_rank: int, base_fingerprint: str
     if cfg.get("modules_to_save"):
         raise ArtifactMismatch(f"LoRA adapter {path}: modules_to_save={cfg['modules_to_save']} is not supported by "
                                "vLLM; retrain without modules_to_save")
-    meta_path = Path(path) / ADAPTER_META
-    if base_fingerprint is not None and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = read_adapter_meta(path) if base_fingerprint is not None else None
+    if meta is not None:
         made_for = meta.get("base_fingerprint")
         if made_for is not None and made_for != base_fingerprint:
             raise ArtifactMismatch(
@@ -69,13 +79,9 @@ def check_adapters_for_index(adapters: dict[str, str], kb_hash: str, *, index_di
     ``mel_adapter.json`` records the KB hash; adapters without one, e.g. made by hand, pass). The message names
     the adapter and the fix."""
     for name, path in sorted(adapters.items()):
-        meta_path = Path(path) / ADAPTER_META
-        if not meta_path.is_file():
+        meta = read_adapter_meta(path)
+        if meta is None:
             continue
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON: {e}", path=str(meta_path), line=e.lineno) from e
         trained_on = meta.get("kb_hash")
         if trained_on is not None and trained_on != kb_hash:
             raise ArtifactMismatch(
