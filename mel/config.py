@@ -193,7 +193,19 @@ class SelectionConfig(Strict):
 
 class NilConfig(Strict):
     threshold: float | None = Field(
-        None, description="Answer NIL when the final score is below this; None never answers NIL.")
+        None, description="Answer NIL when the final score is below this; None never answers NIL. A calibration "
+        "file (see calibration) replaces it.")
+    calibration: str = Field(
+        "auto", min_length=1, description="Where the NIL threshold comes from: 'auto' uses the calibration `mel "
+        "calibrate` wrote beside the index for the method (<index>/calibration/<method>.json) when there is one, "
+        "else nil.threshold; 'off' always uses nil.threshold; any other value is the path of a calibration file, "
+        "which must exist. A calibration made for another index or method configuration is refused.")
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML reads a bare `off` as false (and `on` as true)
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
 # ----------------------------------------------------------------------------- serving

@@ -8,6 +8,8 @@ of mentions in it, i.e. milliseconds per mention.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mel.steps.base import MentionState, Step
@@ -44,17 +46,37 @@ def close_results(states: list[MentionState], method: str) -> list[LinkResult]:
 
 
 class Runner:
-    """A method's active steps built from ``parts``, run in this process."""
+    """A method's active steps built from ``parts``, run in this process.
 
-    def __init__(self, cfg: Config, parts: Parts, *, method: str | None = None) -> None:
+    ``withheld``: entity ids hidden from the index for this runner (the NIL protocol, :mod:`mel.withhold`): no
+    search returns them and a result naming one is an error. The NIL threshold is resolved once, from the method's
+    calibration for the index or from ``nil.threshold`` (:func:`mel.calibration.resolve_threshold`), and is in
+    :attr:`nil` with its source."""
+
+    def __init__(self, cfg: Config, parts: Parts, *, method: str | None = None,
+                 withheld: Collection[str] = ()) -> None:
+        from mel.calibration import resolve_threshold, with_threshold
         from mel.methods import registry
 
         registry.load_plugins(cfg.plugins)
-        self.cfg = cfg
         self.name = method or cfg.method
         self.spec = registry.get(self.name)
         self.spec.method_settings(cfg)  # refuse bad methods.<name> settings before building anything
         self.default_adapter = self.spec.default_adapter(cfg)
+        threshold, self.nil = resolve_threshold(cfg, self.spec, parts.index)
+        self.cfg = cfg = with_threshold(cfg, threshold) if threshold != cfg.nil.threshold else cfg
+        self.withheld: frozenset[str] = frozenset()
+        base = getattr(parts.index, "unmasked", parts.index)
+        if withheld:
+            from mel.index.masked import MaskedIndex
+
+            if base is None:
+                raise ValueError(f"method {self.name!r} holds no index: entities cannot be withheld")
+            masked = MaskedIndex(base, withheld)
+            parts = replace(parts, index=masked)  # type: ignore[arg-type]
+            self.withheld = masked.hidden
+        elif base is not parts.index:
+            parts = replace(parts, index=base)
         self.parts = parts
         self.steps: list[Step] = [cls(cfg, parts) for cls in self.spec.active_steps(cfg)]
         if parts.index is not None and any("llm" in c.needs for c in self.spec.active_steps(cfg)):
@@ -64,7 +86,8 @@ class Runner:
                                      index_dir=str(getattr(parts.index, "path", "")))
 
     @classmethod
-    def load(cls, cfg: Config, index_dir: str | None, *, method: str | None = None, **given: Any) -> Runner:
+    def load(cls, cfg: Config, index_dir: str | None, *, method: str | None = None, withheld: Collection[str] = (),
+             **given: Any) -> Runner:
         """Build (or take, as keyword arguments: ``text_encoder=``, ``engine=``...) the parts the method's active
         steps need, load the index checked against the encoders, and build the runner."""
         from mel.methods import registry
@@ -73,7 +96,12 @@ class Runner:
         registry.load_plugins(cfg.plugins)
         spec = registry.get(method or cfg.method)
         parts = load_parts(cfg, index_dir, spec.needs(cfg), **given)
-        return cls(cfg, parts, method=spec.name)
+        return cls(cfg, parts, method=spec.name, withheld=withheld)
+
+    def withholding(self, entities: Collection[str]) -> Runner:
+        """A runner of the same method on the same parts with ``entities`` withheld (steps are rebuilt; models and
+        the index are shared, nothing is reloaded)."""
+        return Runner(self.cfg, self.parts, method=self.name, withheld=entities)
 
     @property
     def step_names(self) -> list[str]:
@@ -91,7 +119,16 @@ class Runner:
             raise ValueError(f"{len(images)} images for {len(mentions)} mentions")
         name = adapter or self.default_adapter
         states = [MentionState(m, image=im, adapter=name, k=k) for m, im in zip(mentions, images)]
-        return close_results(run_steps(self.steps, states), self.name)
+        results = close_results(run_steps(self.steps, states), self.name)
+        if self.withheld:
+            for r in results:
+                leaked = {c.entity_id for c in r.candidates} & self.withheld
+                if r.entity_id in self.withheld:
+                    leaked.add(r.entity_id)
+                if leaked:
+                    raise RuntimeError(f"method {self.name!r}: withheld entities {sorted(leaked)} "
+                                       f"came back for mention {r.mention_id!r} (a step bypassed the index)")
+        return results
 
     def shutdown(self) -> None:
         for engine in [self.parts.engine, *self.parts.adapter_engines.values()]:

@@ -144,6 +144,7 @@ def plan(cfg: Config) -> list[tuple[Host, list[type[Step]]]]:
 def build_app(config: Config | dict[str, Any], index_dir: str) -> Application:
     """Compose the ingress and one deployment per host the method's active steps need, as one Serve application."""
     cfg = config if isinstance(config, Config) else Config.model_validate(config)
+    cfg, nil = calibrated(cfg, index_dir)
     raw = cfg.model_dump(mode="json")
     s = cfg.serve
     enc = s.log_encoding
@@ -158,7 +159,20 @@ def build_app(config: Config | dict[str, Any], index_dir: str) -> Application:
     ingress_cls = serve.ingress(api)(Ingress)
     ingress_d = serve.deployment(ingress_cls).options(
         **deployment_options(s.ingress, INGRESS, retry_after_s=s.retry_after_s, log_encoding=enc))
-    return _versioned(ingress_d, ingress_version(cfg, sorted(handles))).bind(raw, handles)
+    return _versioned(ingress_d, ingress_version(cfg, sorted(handles))).bind(raw, handles, None, nil)
+
+
+def calibrated(cfg: Config, index_dir: str) -> tuple[Config, dict[str, Any]]:
+    """``cfg`` with the NIL threshold the method's calibration for the index gives (``nil.calibration``; see
+    :func:`mel.calibration.resolve_threshold`), and where it came from. A mismatched calibration is refused here,
+    before anything is deployed."""
+    from mel.calibration import resolve_threshold, with_threshold
+    from mel.methods import registry
+
+    registry.load_plugins(cfg.plugins)
+    spec = registry.get(cfg.method)
+    threshold, nil = resolve_threshold(cfg, spec, _IndexRef(Path(index_dir)))
+    return (with_threshold(cfg, threshold) if threshold != cfg.nil.threshold else cfg), nil
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -170,3 +184,16 @@ def app_builder(args: dict[str, Any]) -> Application:
         raise ValueError("app args need 'index': the index directory built by `mel index`")
     cfg = load_config(args.get("config"), list(args.get("overrides", [])))
     return build_app(cfg, str(args["index"]))
+
+
+class _IndexRef:
+    """An index directory as the calibration lookup sees it: its path, and its manifest read only when needed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def manifest(self) -> Any:
+        from mel.index.manifest import read_manifest
+
+        return read_manifest(self.path)

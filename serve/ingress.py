@@ -145,9 +145,11 @@ def decode_image(m_index: int, path: str | None, b64: str | None, image_root: st
 class Ingress:
     """The HTTP entry point of the linking graph."""
 
-    def __init__(self, cfg: dict[str, Any], handles: dict[str, Any], metrics: StageMetrics | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], handles: dict[str, Any], metrics: StageMetrics | None = None,
+                 nil: dict[str, Any] | None = None) -> None:
         """``handles``: host name -> the handle of its deployment, for every host the method's active steps need
-        besides ``local`` (whose steps run here)."""
+        besides ``local`` (whose steps run here). ``nil``: where ``cfg``'s NIL threshold came from (reported by
+        ``/healthz``)."""
         from mel.methods import registry
         from mel.parts import Parts
         from mel.steps import segments
@@ -163,6 +165,7 @@ class Ingress:
         self.handles = handles
         self.local_steps = {c.name: c(self.cfg, Parts()) for h, cs in self.segments if h.name == "local" for c in cs}
         self.metrics = metrics or StageMetrics("link", self.cfg.method)
+        self.nil = nil or {"source": "config", "threshold": self.cfg.nil.threshold}
 
     async def _parse(self, request: Request) -> LinkRequest:
         limit = self.cfg.serve.max_body_bytes
@@ -289,4 +292,4 @@ class Ingress:
         index_host = next((h.name for h, cs in self.segments if any("index" in c.needs for c in cs)), None)
         info = await self.handles[index_host].info.remote() if index_host is not None else None
         return {"status": "ok", "method": self.cfg.method, "selector": "llm" in self.handles,
-                "steps": [c.name for _, cs in self.segments for c in cs], "index": info}
+                "steps": [c.name for _, cs in self.segments for c in cs], "index": info, "nil": self.nil}

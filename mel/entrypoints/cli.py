@@ -96,10 +96,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = commands.evaluate(cfg, dataset=args.dataset, split=args.split, index_dir=args.index,
                                method=args.method, limit=args.limit, data_dir=args.data_dir,
                                report_path=args.report, batch_size=args.batch_size, sample=args.sample,
-                               seed=args.seed, per_mention=args.per_mention)
+                               seed=args.seed, per_mention=args.per_mention, nil_withhold=args.nil_withhold)
     from mel.eval import format_table
 
     print(format_table(report))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from mel.entrypoints import commands
+
+    cfg = _cfg(args)
+    cal, path = commands.calibrate(cfg, dataset=args.dataset, split=args.split, index_dir=args.index,
+                                   method=args.method, fraction=args.nil_withhold, seed=args.seed,
+                                   sample=args.sample, limit=args.limit, data_dir=args.data_dir, out=args.out,
+                                   plot=args.plot, batch_size=args.batch_size)
+    at, without = cal.dev["at_threshold"], cal.dev["without_threshold"]
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    t = "none (never NIL)" if cal.threshold is None else f"{cal.threshold:.4f}"
+    print(f"method {cal.method} on {args.dataset} {args.split}: {cal.dev['mentions']} mentions, "
+          f"{cal.dev['mentions_nil']} expect NIL ({cal.dev['entities_hidden']} golds withheld, seed {args.seed})")
+    print(f"score: {cal.score}")
+    print(f"threshold {t}   score AUC {f(cal.auc)}{'' if cal.separable else '  (does NOT separate NIL well)'}")
+    print(f"at the threshold: accuracy {f(at['accuracy'])}  NIL precision {f(at['nil_precision'])}  "
+          f"recall {f(at['nil_recall'])}  F1 {f(at['nil_f1'])}  in-KB accuracy {f(at['in_kb_accuracy'])}")
+    print(f"without one:      accuracy {f(without['accuracy'])}  in-KB accuracy {f(without['in_kb_accuracy'])}")
+    print(f"calibration -> {path}" + (f"   plot -> {args.plot}" if args.plot else ""))
     return 0
 
 
@@ -240,7 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="mentions per linking batch")
     s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
     s.add_argument("--report", help="write the JSON report here")
+    s.add_argument("--nil-withhold", type=float, metavar="F", help="NIL protocol: hide the gold entities of a "
+                   "seeded fraction F of the mentions (--seed) from the KB for this run; they expect NIL")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("calibrate", help="choose a method's NIL threshold on dev with withheld golds and write it "
+                       "beside the index (eval, link and serve then use it)")
+    _common(s)
+    s.add_argument("--dataset", required=True, help="dataset name, e.g. richpedia-mel or wikimel")
+    s.add_argument("--split", default="dev", help="split to calibrate on (default: dev)")
+    s.add_argument("--index", required=True, help="index directory built from the dataset's KB")
+    s.add_argument("--method", help="linking method (default: config's method)")
+    s.add_argument("--nil-withhold", type=float, default=0.1, metavar="F",
+                   help="fraction of mentions whose gold is hidden (default 0.1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the withheld draw and of --sample (default 0)")
+    s.add_argument("--sample", type=int, help="calibrate on a fixed seeded sample of N mentions")
+    s.add_argument("--limit", type=int, help="first N mentions only")
+    s.add_argument("--out", help="calibration file (default: <index>/calibration/<method>.json)")
+    s.add_argument("--plot", help="also draw the precision/recall/accuracy curve as a PNG here")
+    s.add_argument("--batch-size", type=int, default=64, help="mentions per linking batch")
+    s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("train", help="train a model part (the LoRA selector)")
     tr = s.add_subparsers(dest="train_command", required=True)

@@ -307,38 +307,104 @@ def link_in_batches(linker: Any, mentions: list[Any], batch_size: int, progress:
     return results
 
 
+def _split_mentions(ds: Any, split: str, limit: int | None, sample: int | None, seed: int) -> list[Any]:
+    from mel.eval import fixed_sample
+
+    if split not in ds.splits:
+        raise InputError(f"dataset {ds.name!r} has no split {split!r}; splits: {sorted(ds.splits)}")
+    if limit and sample:
+        raise InputError("give --limit or --sample, not both")
+    everything = ds.splits[split]
+    if sample:
+        return fixed_sample(everything, sample, seed)
+    return everything[:limit] if limit else everything
+
+
 def evaluate(cfg: Config, *, dataset: str, split: str, index_dir: str, method: str | None = None,
              limit: int | None = None, data_dir: str | None = None, report_path: str | None = None,
              batch_size: int = 64, linker: Any = None, sample: int | None = None, seed: int = 0,
-             per_mention: bool = False) -> dict[str, Any]:
-    """Link a split (or its first ``limit`` mentions, or the fixed seeded ``sample`` of it) and score it."""
+             per_mention: bool = False, nil_withhold: float | None = None) -> dict[str, Any]:
+    """Link a split (or its first ``limit`` mentions, or the fixed seeded ``sample`` of it) and score it.
+
+    ``nil_withhold`` F: the NIL protocol (:mod:`mel.withhold`): the golds of a seeded fraction F of the mentions are
+    hidden from the KB for this run (``seed``), and those mentions expect NIL."""
+    from mel.calibration import auc, score_points
     from mel.datasets import load_dataset
     from mel.eval import evaluate as score
     from mel.eval import write_report
     from mel.methods import build_linker
 
     ds = load_dataset(dataset, data_dir)
-    if split not in ds.splits:
-        raise InputError(f"dataset {dataset!r} has no split {split!r}; splits: {sorted(ds.splits)}")
-    from mel.eval import fixed_sample
-
-    if limit and sample:
-        raise InputError("give --limit or --sample, not both")
-    everything = ds.splits[split]
-    mentions = everything[:limit] if limit else everything
-    if sample:
-        mentions = fixed_sample(everything, sample, seed)
+    mentions = _split_mentions(ds, split, limit, sample, seed)
     ensure_dataset_index(cfg, ds, index_dir, data_dir)
     linker = linker or build_linker(cfg, index_dir, method=method)
+    kb_ids = {e.id for e in ds.kb}
+    withheld = None
+    if nil_withhold:
+        from mel.withhold import choose_withheld
+
+        withheld = choose_withheld(mentions, kb_ids, nil_withhold, seed)
+        linker = linker.withholding(withheld.entities)
+        kb_ids -= withheld.entities
+        log.info("NIL protocol: %d gold entities withheld, %d of %d mentions now expect NIL",
+                 len(withheld.entities), len(withheld.nil_mentions), len(mentions))
     t0 = time.perf_counter()
     results = link_in_batches(linker, mentions, batch_size)
     elapsed = time.perf_counter() - t0
-    report = score(mentions, results, {e.id for e in ds.kb}, per_mention=per_mention)
+    report = score(mentions, results, kb_ids, per_mention=per_mention)
     report["dataset"], report["split"], report["method"] = dataset, split, linker.name
     report["mentions_per_s"] = len(mentions) / max(elapsed, 1e-9)
     report["dataset_stats"] = ds.stats
+    report["nil"]["threshold"] = getattr(linker, "nil", None)
+    report["nil"]["score_auc"] = auc(score_points(mentions, results, kb_ids))
+    if withheld is not None:
+        report["withheld"] = withheld.summary(len(mentions))
     if sample:
-        report["sample"] = {"n": len(mentions), "of": len(everything), "seed": seed}
+        report["sample"] = {"n": len(mentions), "of": len(ds.splits[split]), "seed": seed}
     if report_path:
         write_report(report, report_path)
     return report
+
+
+def calibrate(cfg: Config, *, dataset: str, index_dir: str, split: str = "dev", method: str | None = None,
+              fraction: float = 0.1, seed: int = 0, sample: int | None = None, limit: int | None = None,
+              data_dir: str | None = None, out: str | None = None, plot: str | None = None, batch_size: int = 64,
+              linker: Any = None) -> tuple[Any, Path]:
+    """``mel calibrate``: link ``split`` under the NIL protocol with no threshold, choose the threshold that
+    maximises overall accuracy, and write the calibration file (default: beside the index, where ``nil.calibration:
+    auto`` finds it). ``plot``: also draw NIL precision/recall and accuracy against the threshold as a PNG."""
+    from mel.calibration import calibrate as choose
+    from mel.calibration import calibration_path, score_points, with_threshold, write_calibration
+    from mel.datasets import load_dataset
+    from mel.index.manifest import index_id, read_manifest
+    from mel.methods import build_linker, registry
+    from mel.withhold import choose_withheld
+
+    if not 0 < fraction < 1:
+        raise InputError(f"--nil-withhold must lie in (0, 1), got {fraction}")
+    registry.load_plugins(cfg.plugins)
+    spec = registry.get(method or cfg.method)
+    ds = load_dataset(dataset, data_dir)
+    mentions = _split_mentions(ds, split, limit, sample, seed)
+    ensure_dataset_index(cfg, ds, index_dir, data_dir)
+    free = with_threshold(cfg.model_copy(update={"nil": cfg.nil.model_copy(update={"calibration": "off"})}), None)
+    linker = linker or build_linker(free, index_dir, method=spec.name)
+    if linker.cfg.nil.threshold is not None:
+        raise InputError("calibrate: the linker given answers NIL under a threshold already; build it with "
+                         "nil.threshold=null and nil.calibration=off")
+    kb_ids = {e.id for e in ds.kb}
+    withheld = choose_withheld(mentions, kb_ids, fraction, seed)
+    runner = linker.withholding(withheld.entities)
+    t0 = time.perf_counter()
+    results = link_in_batches(runner, mentions, batch_size)
+    protocol = {"dataset": dataset, "split": split, "sample": sample, "limit": limit,
+                "seconds": round(time.perf_counter() - t0, 1), **withheld.summary(len(mentions))}
+    points = score_points(mentions, results, kb_ids - withheld.entities)
+    cal = choose(points, method=spec.name, method_hash=spec.config_hash(cfg),
+                 index_id=index_id(read_manifest(index_dir)), score=spec.score, protocol=protocol)
+    path = write_calibration(cal, out or calibration_path(index_dir, spec.name))
+    if plot:
+        from mel.plot import plot_nil_curve
+
+        plot_nil_curve(cal, plot)
+    return cal, path

@@ -145,3 +145,14 @@ def check_compatible(manifest: Manifest, *, encoder_id: str | None, dim: int | N
         detail = "has no image vectors" if have is None else f"was built with image encoder {have!r}"
         raise ArtifactMismatch(f"{prefix}image encoder differs (manifest field 'image_encoder_id'): the index "
                                f"{detail}, the configuration uses {image_encoder_id!r}; {REBUILD_HINT}")
+
+
+def index_id(manifest: Manifest) -> str:
+    """A short identity of one built index: what it was built from and with, and when (two builds of the same KB
+    are two indexes). Artifacts made against an index (NIL calibrations) record it and are refused for another."""
+    import hashlib
+
+    key = {k: getattr(manifest, k) for k in ("encoder_id", "dim", "metric", "factory", "kb_hash", "config_hash",
+                                              "entity_template", "counts", "image_encoder_id", "version",
+                                              "created_at")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

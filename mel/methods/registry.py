@@ -12,8 +12,12 @@ BUILTIN = ("retrieval", "llm_select", "unimel")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Register a declared method (its steps are checked: known, ending with a closing step)."""
+    """Register a declared method (its steps are checked: known, ending with a closing step; it must say what its
+    final score is, see ``MethodSpec.score``)."""
     spec.validate()
+    if not spec.score.strip():
+        raise ValueError(f"method {spec.name!r} does not say what its final score is (MethodSpec.score): NIL "
+                         "thresholds and calibration act on it, so every method must declare one")
     METHODS.register(spec.name)(spec)
     return spec
 

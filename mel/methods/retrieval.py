@@ -6,4 +6,6 @@ from mel.methods.spec import MethodSpec
 
 register_method(MethodSpec(
     "retrieval", ("retrieve", "rerank", "nil"),
-    "embedding retrieval (+ cross-encoder re-ranking when enabled); the top candidate is the answer"))
+    "embedding retrieval (+ cross-encoder re-ranking when enabled); the top candidate is the answer",
+    score="cosine similarity of mention and entity embeddings (+ image_weight x image similarity); with "
+          "re-ranking, the fused re-ranked score"))

@@ -17,12 +17,43 @@ if TYPE_CHECKING:
 class MethodSpec:
     """``steps``: registered step names, in order; the last must close (turn states into results). A step whose
     ``active(cfg)`` is false is skipped (an optional stage switched off). ``settings``: a pydantic model validating
-    ``cfg.methods[name]`` (None: the method takes no settings of its own)."""
+    ``cfg.methods[name]`` (None: the method takes no settings of its own). ``score``: what the method's final score
+    (the top candidate's, which ``nil.threshold`` and ``mel calibrate`` act on) is; the registry refuses a method
+    that does not say, so every method's NIL figures compare."""
 
     name: str
     steps: tuple[str, ...]
     description: str = ""
     settings: type[BaseModel] | None = None
+    score: str = ""
+
+    def config_hash(self, cfg: Config) -> str:
+        """A hash of what decides the method's scores under ``cfg``: its name, active steps, the config sections
+        those steps and their parts read, its ``methods.<name>`` section and ``plugins``; not the NIL settings
+        (what calibration chooses), caches or serving. Calibrations record it."""
+        import hashlib
+        import json
+
+        from mel.steps.base import PART_CONFIG
+
+        raw = cfg.model_dump(mode="json")
+        steps = self.active_steps(cfg)
+        sections: set[str] = {"plugins", f"methods.{self.name}"}
+        for s in steps:
+            sections.update(s.reads)
+            for part in s.needs:
+                sections.update(PART_CONFIG[part])
+        sections -= {"nil", "models.cache_dir"}
+
+        def get(dotted: str) -> Any:
+            cur: Any = raw
+            for key in dotted.split("."):
+                cur = cur.get(key) if isinstance(cur, dict) else None
+            return cur
+
+        blob = json.dumps([self.name, [s.name for s in steps], {k: get(k) for k in sorted(sections)}],
+                          sort_keys=True, default=repr)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def step_classes(self) -> list[type[Step]]:
         from mel.steps import get_step

@@ -23,4 +23,5 @@ class UnimelSettings(BaseModel):
 register_method(MethodSpec(
     "unimel", ("retrieve", "rerank", "select", "nil"),
     "UniMEL: retrieval, cross-encoder re-ranking, then the LoRA-tuned LLM picks one candidate (multiple choice)",
-    UnimelSettings))
+    UnimelSettings,
+    score="(1 - w) x the re-ranked score + w x the LoRA selector probability of the chosen option, both in [0, 1]"))
