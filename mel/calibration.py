@@ -150,6 +150,9 @@ class Calibration:
     """Protocol (dataset, split, sample, withheld fraction, seed) and the figures at the threshold."""
     score: str = ""
     """What the method's final score is (its declaration's ``score``)."""
+    confidence: dict[str, Any] | None = None
+    """The link-confidence model fitted on the same run (``nil.confidence``); the threshold applies to its
+    probability. None: the threshold applies to the method's own final score."""
     curve: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -159,8 +162,9 @@ class Calibration:
 
 
 def calibrate(points: Sequence[ScorePoint], *, method: str, method_hash: str, index_id: str, score: str = "",
-              protocol: dict[str, Any] | None = None) -> Calibration:
-    """Choose the threshold on ``points`` and describe it (figures at the threshold and without one, the curve)."""
+              protocol: dict[str, Any] | None = None, confidence: dict[str, Any] | None = None) -> Calibration:
+    """Choose the threshold on ``points`` and describe it (figures at the threshold and without one, the curve).
+    ``confidence``: the model whose probabilities the points' scores are (see :func:`fit_confidence`)."""
     if not points:
         raise InputError("calibration: no mentions to calibrate on")
     if not any(p.nil_expected for p in points):
@@ -171,7 +175,55 @@ def calibrate(points: Sequence[ScorePoint], *, method: str, method_hash: str, in
     dev["at_threshold"] = outcome(points, t)
     dev["without_threshold"] = outcome(points, None)
     return Calibration(method=method, method_hash=method_hash, index_id=index_id, threshold=t, auc=a,
-                       separable=a is not None and a >= MIN_AUC, dev=dev, score=score, curve=curve(points))
+                       separable=a is not None and a >= MIN_AUC, dev=dev, score=score, confidence=confidence,
+                       curve=curve(points))
+
+
+MIN_CLASS = 10
+"""Fewest right and wrong top candidates each that fitting a confidence model needs."""
+
+
+def fit_confidence(mentions: Sequence[Mention], results: Sequence[LinkResult],
+                   points: Sequence[ScorePoint]) -> tuple[dict[str, Any] | None, list[ScorePoint]]:
+    """Fit the link-confidence model (:mod:`mel.confidence`) on a calibration run: target = the top candidate is
+    right. Returns the model (as ``nil.confidence`` values) and the points re-scored with 2-fold cross-fitted
+    probabilities (each half scored by the model fitted on the other half), on which the threshold is chosen
+    without being flattered by the fit. (None, ``points``) when there are fewer than :data:`MIN_CLASS` right or
+    wrong top candidates."""
+    import numpy as np
+
+    from mel.confidence import FEATURES, features, fit_logistic
+
+    by_id = {r.mention_id: r for r in results}
+    rows = [(i, features(m, by_id[m.id].candidates)) for i, (m, p) in enumerate(zip(mentions, points, strict=True))
+            if p.score is not None]
+    y = np.array([points[i].top_correct for i, _ in rows], dtype=np.float64)
+    if len(rows) < 2 * MIN_CLASS or y.sum() < MIN_CLASS or (len(y) - y.sum()) < MIN_CLASS:
+        log.warning("calibration: too few right (%d) or wrong (%d) top candidates to fit a confidence model; "
+                    "the threshold applies to the raw score", int(y.sum()), int(len(y) - y.sum()))
+        return None, list(points)
+    x = np.array([f for _, f in rows], dtype=np.float64)
+
+    def prob(w: np.ndarray, b: float, mean: np.ndarray, scale: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-np.clip(((xs - mean) / scale) @ w + b, -30, 30)))
+
+    folds = np.arange(len(rows)) % 2
+    cross = np.zeros(len(rows))
+    for k in (0, 1):
+        train, test = folds != k, folds == k
+        if y[train].sum() in (0, train.sum()):  # one class only in this half: use the full fit below
+            continue
+        cross[test] = prob(*fit_logistic(x[train], y[train]), x[test])
+    w, b, mean, scale = fit_logistic(x, y)
+    for k in (0, 1):
+        if y[folds != k].sum() in (0, (folds != k).sum()):
+            cross[folds == k] = prob(w, b, mean, scale, x[folds == k])
+    model = {"features": list(FEATURES), "weights": w.tolist(), "bias": b, "mean": mean.tolist(),
+             "scale": scale.tolist()}
+    out = list(points)
+    for (i, _), c in zip(rows, cross.tolist(), strict=True):
+        out[i] = ScorePoint(float(c), points[i].top_correct, points[i].nil_expected)
+    return model, out
 
 
 def calibration_path(index_dir: str | Path, method: str) -> Path:
@@ -213,14 +265,16 @@ def read_calibration(path: str | Path) -> Calibration:
     return Calibration(**data)
 
 
-def resolve_threshold(cfg: Config, spec: MethodSpec, index: Any) -> tuple[float | None, dict[str, Any]]:
-    """The NIL threshold a run of ``spec`` on ``index`` uses, and where it came from.
+def resolve_nil(cfg: Config, spec: MethodSpec, index: Any) -> tuple[Config, dict[str, Any]]:
+    """``cfg`` with the NIL settings (threshold, confidence model) a run of ``spec`` on ``index`` uses, and where
+    they came from.
 
     ``nil.calibration``: ``off`` -> ``nil.threshold``; ``auto`` -> the calibration file beside the index when
     there is one (else ``nil.threshold``); a path -> that file, which must exist. A file made for another index or
     another configuration of the method is refused, saying what to rerun."""
     mode = cfg.nil.calibration
-    configured = (cfg.nil.threshold, {"source": "config", "threshold": cfg.nil.threshold})
+    configured = (cfg, {"source": "config", "threshold": cfg.nil.threshold,
+                        "confidence": cfg.nil.confidence is not None})
     if mode == "off" or index is None:
         return configured
     index_dir = getattr(index, "path", None)
@@ -251,10 +305,18 @@ def resolve_threshold(cfg: Config, spec: MethodSpec, index: Any) -> tuple[float 
     if not cal.separable:
         log.warning("%s: the score of method %r hardly separates NIL from in-KB mentions (AUC %s on dev); the "
                     "threshold %s is applied anyway", path, spec.name, cal.auc, cal.threshold)
-    return cal.threshold, {"source": str(path), "threshold": cal.threshold, "auc": cal.auc,
-                           "separable": cal.separable}
+    from mel.config import ConfidenceModelConfig
+
+    try:
+        model = None if cal.confidence is None else ConfidenceModelConfig.model_validate(cal.confidence)
+    except ValueError as e:
+        raise InputError(f"bad confidence model: {e}", path=str(path), field="confidence") from None
+    info = {"source": str(path), "threshold": cal.threshold, "auc": cal.auc, "separable": cal.separable,
+            "confidence": model is not None}
+    return with_nil(cfg, cal.threshold, model), info
 
 
-def with_threshold(cfg: Config, threshold: float | None) -> Config:
-    """``cfg`` with ``nil.threshold`` replaced (everything else shared)."""
-    return cfg.model_copy(update={"nil": cfg.nil.model_copy(update={"threshold": threshold})})
+def with_nil(cfg: Config, threshold: float | None, confidence: Any = None) -> Config:
+    """``cfg`` with ``nil.threshold`` and ``nil.confidence`` replaced (everything else shared)."""
+    return cfg.model_copy(update={"nil": cfg.nil.model_copy(update={"threshold": threshold,
+                                                                    "confidence": confidence})})

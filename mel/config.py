@@ -191,6 +191,31 @@ class SelectionConfig(Strict):
         return self
 
 
+class ConfidenceModelConfig(Strict):
+    """A link-confidence model (``mel.confidence``): written by `mel calibrate` into its calibration file and filled
+    in from there; set by hand only to reproduce one."""
+
+    features: list[str] = Field(..., min_length=1, description="Feature names (of mel.confidence.FEATURES).")
+    weights: list[float] = Field(..., description="One weight per feature (on standardised features).")
+    bias: float = Field(..., description="Intercept.")
+    mean: list[float] = Field(..., description="Per-feature mean used to standardise.")
+    scale: list[float] = Field(..., description="Per-feature scale used to standardise (> 0).")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ConfidenceModelConfig:
+        from mel.confidence import FEATURES
+
+        unknown = sorted(set(self.features) - set(FEATURES))
+        if unknown:
+            raise ValueError(f"unknown confidence features {unknown}; known: {list(FEATURES)}")
+        n = len(self.features)
+        if not len(self.weights) == len(self.mean) == len(self.scale) == n:
+            raise ValueError(f"weights, mean and scale need one value per feature ({n})")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("scale values must be > 0")
+        return self
+
+
 class NilConfig(Strict):
     threshold: float | None = Field(
         None, description="Answer NIL when the final score is below this; None never answers NIL. A calibration "
@@ -206,6 +231,11 @@ class NilConfig(Strict):
     def _yaml_off(cls, v: Any) -> Any:
         # YAML reads a bare `off` as false (and `on` as true)
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
+    confidence: ConfidenceModelConfig | None = Field(
+        None, description="Link-confidence model: when set, a mention's final score is the model's probability "
+        "that its top candidate is right (mel.confidence), and nil.threshold applies to it. Filled in from the "
+        "calibration file when `mel calibrate` fitted one.")
 
 
 # ----------------------------------------------------------------------------- serving

@@ -50,12 +50,12 @@ class Runner:
 
     ``withheld``: entity ids hidden from the index for this runner (the NIL protocol, :mod:`mel.withhold`): no
     search returns them and a result naming one is an error. The NIL threshold is resolved once, from the method's
-    calibration for the index or from ``nil.threshold`` (:func:`mel.calibration.resolve_threshold`), and is in
+    calibration for the index or from ``nil.threshold`` (:func:`mel.calibration.resolve_nil`), and is in
     :attr:`nil` with its source."""
 
     def __init__(self, cfg: Config, parts: Parts, *, method: str | None = None,
                  withheld: Collection[str] = ()) -> None:
-        from mel.calibration import resolve_threshold, with_threshold
+        from mel.calibration import resolve_nil
         from mel.methods import registry
 
         registry.load_plugins(cfg.plugins)
@@ -63,8 +63,8 @@ class Runner:
         self.spec = registry.get(self.name)
         self.spec.method_settings(cfg)  # refuse bad methods.<name> settings before building anything
         self.default_adapter = self.spec.default_adapter(cfg)
-        threshold, self.nil = resolve_threshold(cfg, self.spec, parts.index)
-        self.cfg = cfg = with_threshold(cfg, threshold) if threshold != cfg.nil.threshold else cfg
+        cfg, self.nil = resolve_nil(cfg, self.spec, parts.index)
+        self.cfg = cfg
         self.withheld: frozenset[str] = frozenset()
         base = getattr(parts.index, "unmasked", parts.index)
         if withheld:

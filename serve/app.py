@@ -164,15 +164,14 @@ def build_app(config: Config | dict[str, Any], index_dir: str) -> Application:
 
 def calibrated(cfg: Config, index_dir: str) -> tuple[Config, dict[str, Any]]:
     """``cfg`` with the NIL threshold the method's calibration for the index gives (``nil.calibration``; see
-    :func:`mel.calibration.resolve_threshold`), and where it came from. A mismatched calibration is refused here,
+    :func:`mel.calibration.resolve_nil`), and where it came from. A mismatched calibration is refused here,
     before anything is deployed."""
-    from mel.calibration import resolve_threshold, with_threshold
+    from mel.calibration import resolve_nil
     from mel.methods import registry
 
     registry.load_plugins(cfg.plugins)
     spec = registry.get(cfg.method)
-    threshold, nil = resolve_threshold(cfg, spec, _IndexRef(Path(index_dir)))
-    return (with_threshold(cfg, threshold) if threshold != cfg.nil.threshold else cfg), nil
+    return resolve_nil(cfg, spec, _IndexRef(Path(index_dir)))
 
 
 def app_builder(args: dict[str, Any]) -> Application:

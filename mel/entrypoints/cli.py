@@ -110,7 +110,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cal, path = commands.calibrate(cfg, dataset=args.dataset, split=args.split, index_dir=args.index,
                                    method=args.method, fraction=args.nil_withhold, seed=args.seed,
                                    sample=args.sample, limit=args.limit, data_dir=args.data_dir, out=args.out,
-                                   plot=args.plot, batch_size=args.batch_size)
+                                   plot=args.plot, batch_size=args.batch_size,
+                                   confidence=args.confidence == "logistic")
     at, without = cal.dev["at_threshold"], cal.dev["without_threshold"]
 
     def f(v: float | None) -> str:
@@ -119,7 +120,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     t = "none (never NIL)" if cal.threshold is None else f"{cal.threshold:.4f}"
     print(f"method {cal.method} on {args.dataset} {args.split}: {cal.dev['mentions']} mentions, "
           f"{cal.dev['mentions_nil']} expect NIL ({cal.dev['entities_hidden']} golds withheld, seed {args.seed})")
-    print(f"score: {cal.score}")
+    what = (f"link confidence (logistic on {', '.join(cal.confidence['features'])})" if cal.confidence
+            else cal.score)
+    print(f"thresholded score: {what}")
     print(f"threshold {t}   score AUC {f(cal.auc)}{'' if cal.separable else '  (does NOT separate NIL well)'}")
     print(f"at the threshold: accuracy {f(at['accuracy'])}  NIL precision {f(at['nil_precision'])}  "
           f"recall {f(at['nil_recall'])}  F1 {f(at['nil_f1'])}  in-KB accuracy {f(at['in_kb_accuracy'])}")
@@ -283,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="first N mentions only")
     s.add_argument("--out", help="calibration file (default: <index>/calibration/<method>.json)")
     s.add_argument("--plot", help="also draw the precision/recall/accuracy curve as a PNG here")
+    s.add_argument("--confidence", choices=("logistic", "none"), default="logistic",
+                   help="threshold a link-confidence model fitted on the same run (default), or the method's raw "
+                   "final score")
     s.add_argument("--batch-size", type=int, default=64, help="mentions per linking batch")
     s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
     s.set_defaults(func=cmd_calibrate)

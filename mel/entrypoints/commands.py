@@ -369,12 +369,14 @@ def evaluate(cfg: Config, *, dataset: str, split: str, index_dir: str, method: s
 def calibrate(cfg: Config, *, dataset: str, index_dir: str, split: str = "dev", method: str | None = None,
               fraction: float = 0.1, seed: int = 0, sample: int | None = None, limit: int | None = None,
               data_dir: str | None = None, out: str | None = None, plot: str | None = None, batch_size: int = 64,
-              linker: Any = None) -> tuple[Any, Path]:
+              linker: Any = None, confidence: bool = True) -> tuple[Any, Path]:
     """``mel calibrate``: link ``split`` under the NIL protocol with no threshold, choose the threshold that
     maximises overall accuracy, and write the calibration file (default: beside the index, where ``nil.calibration:
-    auto`` finds it). ``plot``: also draw NIL precision/recall and accuracy against the threshold as a PNG."""
+    auto`` finds it). ``confidence``: fit a link-confidence model (:mod:`mel.confidence`) on the same run and put the
+    threshold on its probability (else on the method's raw final score). ``plot``: also draw NIL precision/recall
+    and accuracy against the threshold as a PNG."""
+    from mel.calibration import auc, calibration_path, fit_confidence, score_points, with_nil, write_calibration
     from mel.calibration import calibrate as choose
-    from mel.calibration import calibration_path, score_points, with_threshold, write_calibration
     from mel.datasets import load_dataset
     from mel.index.manifest import index_id, read_manifest
     from mel.methods import build_linker, registry
@@ -387,11 +389,11 @@ def calibrate(cfg: Config, *, dataset: str, index_dir: str, split: str = "dev", 
     ds = load_dataset(dataset, data_dir)
     mentions = _split_mentions(ds, split, limit, sample, seed)
     ensure_dataset_index(cfg, ds, index_dir, data_dir)
-    free = with_threshold(cfg.model_copy(update={"nil": cfg.nil.model_copy(update={"calibration": "off"})}), None)
+    free = with_nil(cfg.model_copy(update={"nil": cfg.nil.model_copy(update={"calibration": "off"})}), None)
     linker = linker or build_linker(free, index_dir, method=spec.name)
-    if linker.cfg.nil.threshold is not None:
-        raise InputError("calibrate: the linker given answers NIL under a threshold already; build it with "
-                         "nil.threshold=null and nil.calibration=off")
+    if linker.cfg.nil.threshold is not None or linker.cfg.nil.confidence is not None:
+        raise InputError("calibrate: the linker given answers NIL under a threshold or confidence model already; "
+                         "build it with nil.threshold=null and nil.calibration=off")
     kb_ids = {e.id for e in ds.kb}
     withheld = choose_withheld(mentions, kb_ids, fraction, seed)
     runner = linker.withholding(withheld.entities)
@@ -400,8 +402,12 @@ def calibrate(cfg: Config, *, dataset: str, index_dir: str, split: str = "dev", 
     protocol = {"dataset": dataset, "split": split, "sample": sample, "limit": limit,
                 "seconds": round(time.perf_counter() - t0, 1), **withheld.summary(len(mentions))}
     points = score_points(mentions, results, kb_ids - withheld.entities)
+    model = None
+    if confidence:
+        protocol["raw_score_auc"] = auc(points)
+        model, points = fit_confidence(mentions, results, points)
     cal = choose(points, method=spec.name, method_hash=spec.config_hash(cfg),
-                 index_id=index_id(read_manifest(index_dir)), score=spec.score, protocol=protocol)
+                 index_id=index_id(read_manifest(index_dir)), score=spec.score, protocol=protocol, confidence=model)
     path = write_calibration(cal, out or calibration_path(index_dir, spec.name))
     if plot:
         from mel.plot import plot_nil_curve

@@ -19,7 +19,7 @@ from mel.calibration import (
     calibration_path,
     outcome,
     read_calibration,
-    resolve_threshold,
+    resolve_nil,
     write_calibration,
 )
 from mel.config import load_config
@@ -228,13 +228,14 @@ def test_calibration_is_applied_for_its_index_and_refused_for_another(hashed_ind
     cfg = load_config(None, ["method=retrieval", "nil.threshold=0.1"])
     spec = registry.get("retrieval")
     art = IndexArtifact.load(hashed_index)
-    assert resolve_threshold(cfg, spec, art)[0] == 0.1  # no calibration yet: the configured threshold
+    assert resolve_nil(cfg, spec, art)[0].nil.threshold == 0.1  # no calibration yet: the configured threshold
     path = _write(hashed_index, cfg, threshold=0.42)
     try:
-        t, info = resolve_threshold(cfg, spec, art)
-        assert t == 0.42 and info["source"] == str(path)
+        new, info = resolve_nil(cfg, spec, art)
+        assert new.nil.threshold == 0.42 and info["source"] == str(path)
         assert read_calibration(path).threshold == 0.42
-        assert resolve_threshold(load_config(None, ["nil.calibration=off", "nil.threshold=0.1"]), spec, art)[0] == 0.1
+        off = load_config(None, ["nil.calibration=off", "nil.threshold=0.1"])
+        assert resolve_nil(off, spec, art)[0].nil.threshold == 0.1
         # the runner uses it
         from mel.runner import Runner
 
@@ -242,21 +243,21 @@ def test_calibration_is_applied_for_its_index_and_refused_for_another(hashed_ind
         assert r.cfg.nil.threshold == 0.42 and r.nil["threshold"] == 0.42
         # another method configuration (the settings its steps read) is refused, saying what to rerun
         with pytest.raises(ArtifactMismatch, match="another configuration of method 'retrieval'.*mel calibrate"):
-            resolve_threshold(load_config(None, ["retrieval.top_k=7"]), spec, art)
+            resolve_nil(load_config(None, ["retrieval.top_k=7"]), spec, art)
         # NIL settings and serving settings do not count
-        resolve_threshold(load_config(None, ["nil.threshold=0.9", "serve.port=9"]), spec, art)
+        resolve_nil(load_config(None, ["nil.threshold=0.9", "serve.port=9"]), spec, art)
         # the same file for another index (of a KB with one entity fewer) is refused
         smaller = tmp_path / "kb.jsonl"
         smaller.write_text("\n".join(DEMO_KB.read_text().splitlines()[1:]) + "\n")
         other = run_index_local(smaller, tmp_path / "other", load_config(None), HashingTextEncoder())
         shutil.copytree(hashed_index / "calibration", other / "calibration")
         with pytest.raises(ArtifactMismatch, match="made for index .* this index"):
-            resolve_threshold(cfg, spec, IndexArtifact.load(other))
+            resolve_nil(cfg, spec, IndexArtifact.load(other))
         # a file for another method named explicitly is refused; a missing explicit file is an input error
         with pytest.raises(ArtifactMismatch, match="for method 'retrieval', not 'llm-select'"):
-            resolve_threshold(load_config(None, [f"nil.calibration={path}"]), registry.get("llm-select"), art)
+            resolve_nil(load_config(None, [f"nil.calibration={path}"]), registry.get("llm-select"), art)
         with pytest.raises(InputError, match="calibration file not found"):
-            resolve_threshold(load_config(None, [f"nil.calibration={tmp_path / 'none.json'}"]), spec, art)
+            resolve_nil(load_config(None, [f"nil.calibration={tmp_path / 'none.json'}"]), spec, art)
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({**json.loads(path.read_text()), "threshold": "high"}))
         with pytest.raises(InputError, match="threshold"):
