@@ -30,6 +30,8 @@ def accuracy_table(acc: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds, methods in sorted(acc.items()):
         for m, r in sorted(methods.items(), key=lambda kv: (bool(kv[1].get("sample")), kv[0])):
+            if "hits@1" not in r:
+                continue  # a row with NIL figures only
             ci = r.get("hits@1_ci95")
             n = f"{r.get('mentions')}" + (f" (sample, seed {r['sample']['seed']})" if r.get("sample") else "")
             lines.append(f"| {ds} | {m} | {n} | {_f(r.get('hits@1'))} | "
@@ -38,6 +40,34 @@ def accuracy_table(acc: dict) -> list[str]:
                          f"{_f(r.get('accuracy'))} | {_f(r.get('mentions_per_s'))} |")
     lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for ms in acc.values() for r in ms.values()
                                                    if r.get("command")})), ""]
+    return lines
+
+
+def nil_table(acc: dict) -> list[str]:
+    rows = [(ds, m, r) for ds, ms in sorted(acc.items()) for m, r in sorted(ms.items()) if "nil_f1" in r]
+    if not rows:
+        return []
+    lines = ["### NIL under the withheld-gold protocol (percent)", "",
+             "Golds of 10% of the mentions hidden from the KB for the run (`mel eval --nil-withhold 0.1`); the "
+             "threshold (on the link confidence fitted by `mel calibrate`, or the raw score) chosen on a dev sample "
+             "under the same protocol, then applied to a test sample. *H@1 without* is the same method on the same "
+             "test mentions with nothing withheld; *in-KB acc.* counts a NIL answer on an in-KB mention as wrong.", "",
+             "| dataset | row | test mentions (NIL) | NIL P | NIL R | NIL F1 | accuracy (NIL a class) | in-KB acc. | "
+             "in-KB H@1 | H@1 without | AUC raw score (dev) | AUC used (dev / test) | threshold |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ds, m, r in rows:
+        p = r.get("nil_protocol") or {}
+        t = r.get("nil_threshold")
+        kind = "confidence" if "confidence" in str(r.get("nil_score")) else "raw"
+        lines.append(f"| {ds} | {m} | {p.get('test_mentions')} ({p.get('test_nil_expected')}) | "
+                     f"{_f(r.get('nil_precision'))} | {_f(r.get('nil_recall'))} | {_f(r.get('nil_f1'))} | "
+                     f"{_f(r.get('nil_accuracy'))} | {_f(r.get('nil_in_kb_accuracy'))} | {_f(r.get('nil_in_kb_h1'))} | "
+                     f"{_f(r.get('nil_h1_without_withheld'))} | {_f(r.get('nil_raw_auc_dev'), 2)} | "
+                     f"{_f(r.get('nil_auc_dev'), 2)} / {_f(r.get('nil_auc_test'), 2)} | "
+                     f"{'none' if t is None else f'{t:.3f}'} ({kind}) |")
+    lines += ["", "Curves: `bench/results/nil_curves.json`; plots: " + ", ".join(
+        f"[{ds} {m}]({r['nil_figure'].removeprefix('docs/')})" for ds, m, r in rows if r.get("nil_figure")) + ".",
+        "Commands: " + "; ".join(f"`{r['nil_command']}`" for _, _, r in rows if r.get("nil_command")), ""]
     return lines
 
 
@@ -116,7 +146,8 @@ def selector_training_table(st: dict) -> list[str]:
 
 def main() -> int:
     parts: list[str] = []
-    for name, fn in [("accuracy.json", accuracy_table), ("selection_tuning.json", tuning_table),
+    for name, fn in [("accuracy.json", accuracy_table), ("accuracy.json", nil_table),
+                     ("selection_tuning.json", tuning_table),
                      ("indexing.json", indexing_table),
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
                      ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table)]:

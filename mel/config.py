@@ -304,6 +304,11 @@ class ServeConfig(Strict):
     app_name: str = Field("mel", description="Serve application name.")
     route_prefix: str = Field("/", description="Serve route prefix.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_json_depth: int = Field(32, ge=4, le=1000, description="Deepest nesting of arrays/objects accepted in a "
+                                "request body (a link request needs 4).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image (width x height) accepted in a request, checked from the image "
+        "header before decoding, so a small compressed file cannot expand into gigabytes (decompression bomb).")
     max_mentions_per_request: int = Field(256, ge=1, description="Most mentions in one request.")
     image_root: str | None = Field(None, description="Image paths in requests must lie under this directory; "
                                    "None refuses paths (base64 still accepted).")

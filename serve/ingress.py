@@ -107,9 +107,40 @@ async def _validation_handler(_: Request, exc: RequestValidationError) -> JSONRe
     return _error(422, "invalid request body", _describe(exc.errors()))
 
 
-def decode_image(m_index: int, path: str | None, b64: str | None, image_root: str | None) -> Any:
-    """Return an RGB PIL image, or None. Only files under ``image_root`` or base64 bytes are accepted."""
+def json_depth_exceeds(data: Any, limit: int) -> bool:
+    """Whether parsed JSON nests arrays/objects deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(data, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _open_checked(source: Any, where: str, max_pixels: int) -> Any:
+    """Open an image, refuse it from its header when it has more than ``max_pixels`` pixels, then decode it to RGB.
+    Every failure is a 4xx naming the field (never a 500)."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise BadRequest(413, f"image too large: {w}x{h} = {w * h} pixels > the limit {max_pixels} "
+                                 "(serve.max_image_pixels)", [f"{where}: {w}x{h}"])
+            return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadRequest(413, "image too large (decompression bomb)", [f"{where}: {e}"]) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        # PIL raises these for truncated or malformed files (e.g. a broken PNG chunk is a SyntaxError)
+        raise BadRequest(400, "cannot decode image", [f"{where}: {e}"]) from None
+
+
+def decode_image(m_index: int, path: str | None, b64: str | None, image_root: str | None,
+                 max_pixels: int = 40_000_000) -> Any:
+    """Return an RGB PIL image, or None. Only files under ``image_root`` or base64 bytes are accepted."""
 
     field = f"mentions.{m_index}"
     if path is not None and b64 is not None:
@@ -124,21 +155,13 @@ def decode_image(m_index: int, path: str | None, b64: str | None, image_root: st
             raise BadRequest(400, "image path is outside the allowed image root", [f"{field}.image_path: {path}"])
         if not os.path.isfile(real):
             raise BadRequest(400, "image file not found", [f"{field}.image_path: {path}"])
-        try:
-            with Image.open(real) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise BadRequest(400, "cannot decode image", [f"{field}.image_path: {e}"]) from None
+        return _open_checked(real, f"{field}.image_path", max_pixels)
     if b64 is not None:
         try:
             raw = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest(400, "image_base64 is not valid base64", [f"{field}.image_base64"]) from None
-        try:
-            with Image.open(io.BytesIO(raw)) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise BadRequest(400, "cannot decode image", [f"{field}.image_base64: {e}"]) from None
+        return _open_checked(io.BytesIO(raw), f"{field}.image_base64", max_pixels)
     return None
 
 
@@ -179,6 +202,14 @@ class Ingress:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(400, "malformed JSON", [str(e)]) from None
+        except RecursionError:
+            raise BadRequest(400, f"JSON nested too deeply (limit {self.cfg.serve.max_json_depth} levels)",
+                             ["<body>: nesting"]) from None
+        except ValueError as e:  # e.g. an integer with more digits than Python converts
+            raise BadRequest(400, "malformed JSON", [f"<body>: {e}"]) from None
+        if json_depth_exceeds(data, self.cfg.serve.max_json_depth):
+            raise BadRequest(400, f"JSON nested too deeply (limit {self.cfg.serve.max_json_depth} levels, "
+                             "serve.max_json_depth)", ["<body>: nesting"])
         try:
             req = LinkRequest.model_validate(data)
         except ValidationError as e:
@@ -213,7 +244,8 @@ class Ingress:
         try:
             rid = self._request_id(request)
             req = await self._parse(request)
-            images = [decode_image(i, m.image_path, m.image_base64, self.cfg.serve.image_root)
+            images = [decode_image(i, m.image_path, m.image_base64, self.cfg.serve.image_root,
+                                   self.cfg.serve.max_image_pixels)
                       for i, m in enumerate(req.mentions)]
             mentions = [Mention(id=m.id if m.id is not None else str(i), surface=m.surface, context=m.context,
                                 attributes=dict(m.attributes)) for i, m in enumerate(req.mentions)]

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, free_port
+from tests.unit.test_ingress_inputs import png_header_only
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,16 @@ def test_many_mentions_in_one_request_keep_order(server) -> None:
      "cannot decode image"),
     ({"mentions": [{"surface": "x", "image_path": "../../etc/passwd"}]}, 400, "outside the allowed image root"),
     ({"mentions": [{"surface": "x", "image_path": "missing.png"}]}, 400, "not found"),
+    # hostile input: deep nesting (past the C parser's recursion limit, and past serve.max_json_depth), a number
+    # Python refuses to convert, a 30000x30000 PNG header in a few bytes (decompression bomb), a truncated image
+    (b"[" * 30000 + b"]" * 30000, 400, "nested too deeply"),
+    (b'{"mentions": [{"surface": "x", "context": ' + b"[" * 40 + b"1" + b"]" * 40 + b"}]}", 400,
+     "nested too deeply"),
+    (b'{"mentions": [{"surface": "x"}], "top_k": ' + b"9" * 5000 + b"}", 400, "malformed JSON"),
+    ({"mentions": [{"surface": "x", "image_base64": base64.b64encode(png_header_only(30000, 30000)).decode()}]},
+     413, "image too large"),
+    ({"mentions": [{"surface": "x", "image_base64": base64.b64encode(png_header_only(10, 10)).decode()}]}, 400,
+     "cannot decode image"),
 ])
 def test_bad_requests_get_4xx_naming_the_problem(server, body, status: int, needle: str) -> None:
     url, _ = server
