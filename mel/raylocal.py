@@ -9,12 +9,13 @@ environment variables of the driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from mel.compat import offline_hub
 from mel.config import RayConfig
@@ -123,13 +124,37 @@ def init_ray(cfg: RayConfig, *, code_paths: Sequence[str] = ()) -> None:
     """Start a loopback-only local Ray (``cfg.address`` None) or connect to ``cfg.address``. Idempotent:
     does nothing when Ray is already initialised in this process. ``code_paths``: see
     :func:`worker_runtime_env`."""
-    global _owned_temp_dir
     if cfg.address is None:
         _force_loopback()
     import ray
 
     if ray.is_initialized():
         return
+    with _keeping_sigterm_handler():
+        _init(cfg, code_paths)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """Keep a Python SIGTERM handler installed before Ray starts (the `mel` CLI's, which runs each command's clean-up).
+    ``ray.init`` replaces it with ``sys.exit`` and Ray's core worker adds a C++ failure handler whose 3-second alarm
+    aborts the process while Serve and Ray are still shutting down."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init(cfg: RayConfig, code_paths: Sequence[str]) -> None:
+    global _owned_temp_dir
+    import ray
+
     runtime_env = worker_runtime_env(code_paths, local=cfg.address is None)
     if cfg.address is not None:
         log.info("connecting to Ray at %s", cfg.address)
@@ -156,13 +181,54 @@ def init_ray(cfg: RayConfig, *, code_paths: Sequence[str] = ()) -> None:
 
 
 def shutdown_ray() -> None:
-    """Disconnect from (and for a local Ray, stop) Ray; remove the session temp dir init_ray created."""
+    """Disconnect from (and for a local Ray, stop) Ray; stop any Ray process of this process's tree that outlived
+    it (agents that ignore SIGTERM); remove the session temp dir init_ray created."""
     global _owned_temp_dir
     if "ray" in sys.modules:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
+        left = reap_ray_children()
+        if left:
+            log.info("stopped %d Ray processes that outlived ray.shutdown()", len(left))
     if _owned_temp_dir is not None:
+        log.info("removing Ray session files %s", _owned_temp_dir)
         shutil.rmtree(_owned_temp_dir, ignore_errors=True)
         _owned_temp_dir = None
+
+
+def _is_ray_process(p: object) -> bool:
+    try:
+        cmd = " ".join(p.cmdline())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 -- gone, or not ours to read
+        return False
+    return "ray" in cmd or "raylet" in cmd or "gcs_server" in cmd
+
+
+def reap_ray_children(timeout_s: float = 10.0) -> list[int]:
+    """Terminate, then kill after ``timeout_s``, the Ray processes (raylet, GCS, agents, workers) still running
+    below this process. Returns their pids. Does nothing without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        procs = [p for p in psutil.Process().children(recursive=True) if _is_ray_process(p)]
+    except psutil.Error:
+        return []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    if procs:
+        log.debug("stopped %d Ray processes left below this one: %s", len(procs), [p.pid for p in procs])
+    return [p.pid for p in procs]

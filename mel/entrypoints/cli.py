@@ -323,7 +323,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every command's clean-up (Serve, Ray, temp files) runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -334,6 +356,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MelError as e:
         print(f"mel {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"mel {args.command}: terminated", file=sys.stderr)
+        return 143
+    except SystemExit as e:
+        import signal
+
+        if e.code != signal.SIGTERM:  # Ray's driver SIGTERM handler exits with the signal number
+            raise
+        print(f"mel {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"mel {args.command}: interrupted", file=sys.stderr)
         return 130

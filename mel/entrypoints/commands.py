@@ -206,10 +206,12 @@ def stop_serve() -> None:
 
     from mel.raylocal import shutdown_ray
 
+    log.info("stopping Serve and Ray")
     try:
         serve.shutdown()
     finally:
         shutdown_ray()
+        log.info("stopped")
 
 
 def point_current(version_dir: str) -> Path:
@@ -231,12 +233,13 @@ def serve_forever(cfg: Config, index_dir: str) -> None:
     (:func:`switch_index`; a version that fails to load is logged and the old one kept)."""
     served = _resolve_index(index_dir)
     watch = served != Path(index_dir).absolute() and cfg.serve.index_poll_s is not None
-    url = start_serve(cfg, str(served))
-    print(f"linking API at {url}/v1/link  (docs: {url}/docs)  -- Ctrl-C to stop", flush=True)
-    if watch:
-        print(f"serving {served.name} of {index_dir}; a new CURRENT there is switched in within "
-              f"{cfg.serve.index_poll_s:g}s (`mel serve --switch-index {Path(index_dir) / 'vNNNN'}`)", flush=True)
-    try:
+    try:  # start-up included: a SIGTERM or Ctrl-C while Serve starts stops everything too
+        url = start_serve(cfg, str(served))
+        print(f"linking API at {url}/v1/link  (docs: {url}/docs)  -- Ctrl-C to stop", flush=True)
+        if watch:
+            print(f"serving {served.name} of {index_dir}; a new CURRENT there is switched in within "
+                  f"{cfg.serve.index_poll_s:g}s (`mel serve --switch-index {Path(index_dir) / 'vNNNN'}`)",
+                  flush=True)
         while True:
             time.sleep(cfg.serve.index_poll_s if watch else 3600)  # type: ignore[arg-type]
             if watch:
@@ -271,11 +274,18 @@ def link_batch(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *
         from pipelines.link import run_link_local
 
         return run_link_local(cfg, index_dir, mentions_path, out_path, method=method)
-    from mel.raylocal import init_ray
+    import ray
+
+    from mel.raylocal import init_ray, shutdown_ray
     from pipelines.link import run_link
 
+    ours = not ray.is_initialized()  # a Ray this call starts is stopped when it ends (also on SIGTERM)
     init_ray(cfg.ray)
-    return run_link(cfg, index_dir, mentions_path, out_path, method=method)
+    try:
+        return run_link(cfg, index_dir, mentions_path, out_path, method=method)
+    finally:
+        if ours:
+            shutdown_ray()
 
 
 def ensure_dataset_index(cfg: Config, dataset: Any, index_dir: str, data_dir: str | None) -> None:

@@ -36,13 +36,13 @@ def run(config: str | None, overrides: list[str], *, workdir: str | None = None,
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mel-demo-"))
     index_dir = work / "index"
 
-    print(f"== 1/3 indexing {kb} on Ray Data -> {index_dir}", flush=True)
-    t0 = time.perf_counter()
-    commands.index(cfg, out=str(index_dir), kb=str(kb))
-    print(f"   done in {time.perf_counter() - t0:.1f}s", flush=True)
+    try:  # every step inside: Ctrl-C or SIGTERM at any point stops Ray and Serve
+        print(f"== 1/3 indexing {kb} on Ray Data -> {index_dir}", flush=True)
+        t0 = time.perf_counter()
+        commands.index(cfg, out=str(index_dir), kb=str(kb))
+        print(f"   done in {time.perf_counter() - t0:.1f}s", flush=True)
 
-    print("== 2/3 starting the linking graph on Ray Serve (Ingress -> Retriever -> Selector)", flush=True)
-    try:
+        print("== 2/3 starting the linking graph on Ray Serve (Ingress -> Retriever -> Selector)", flush=True)
         url = commands.start_serve(cfg, str(index_dir))
         print(f"   serving at {url}/v1/link (OpenAPI docs at {url}/docs)", flush=True)
         mentions = read_mentions(mentions_path)
