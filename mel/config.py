@@ -340,6 +340,13 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None: all).")
     temp_dir: str | None = Field(None, description="Ray session files for a local Ray (None: a temp dir of the run).")
     object_store_memory_mb: int | None = Field(512, ge=78, description="Object store size for a local Ray.")
+    log_to_driver: bool = Field(
+        False, description="Print the output of Ray workers, Serve replicas and vLLM engines in this terminal, "
+        "interleaved with the command's own; false (default): it goes to log files only, whose folder is printed "
+        "once at start.")
+    logs_dir: str | None = Field(
+        None, description="Where the logs of a local Ray are kept when it stops (its session files are removed): "
+        "'<logs_dir>/<session name>'. None: $MEL_CACHE/logs or ~/.cache/mel/logs.")
 
 
 class IndexPipelineConfig(Strict):

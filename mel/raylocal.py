@@ -29,6 +29,7 @@ _FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELE
                   "HF_HOME", "MEL_CACHE")
 # Project packages whose code Ray workers run (Ray Data / Serve classes), found next to ``mel`` by path only.
 _SIBLING_PACKAGES = ("pipelines", "serve")
+_keep_logs_in: str | None = None
 
 _owned_temp_dir: str | None = None
 
@@ -158,7 +159,7 @@ def _init(cfg: RayConfig, code_paths: Sequence[str]) -> None:
     runtime_env = worker_runtime_env(code_paths, local=cfg.address is None)
     if cfg.address is not None:
         log.info("connecting to Ray at %s", cfg.address)
-        ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=cfg.log_to_driver)
         return
     if cfg.temp_dir is not None:
         os.makedirs(cfg.temp_dir, exist_ok=True)
@@ -169,15 +170,52 @@ def _init(cfg: RayConfig, code_paths: Sequence[str]) -> None:
         _owned_temp_dir = temp_dir
     object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb is not None else None
     log.info("starting a local Ray on %s (num_cpus=%s, session files in %s)", LOOPBACK, cfg.num_cpus, temp_dir)
+    if not cfg.log_to_driver:  # quiet: Ray's and Serve's own driver-side messages at WARNING and above only
+        for name in ("ray", "ray.serve", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     ray.init(
         address="local",
         num_cpus=cfg.num_cpus,
         object_store_memory=object_store,
         include_dashboard=False,
         runtime_env=runtime_env,
+        log_to_driver=cfg.log_to_driver,
+        logging_level=logging.INFO if cfg.log_to_driver else logging.WARNING,
         _node_ip_address=LOOPBACK,
         _temp_dir=temp_dir,
     )
+    global _keep_logs_in
+    _keep_logs_in = _logs_home(cfg)
+    if not cfg.log_to_driver:
+        print(f"Ray, Serve and vLLM logs: {session_logs_dir(temp_dir)} (kept in {_keep_logs_in} when Ray stops)",
+              file=sys.stderr, flush=True)
+
+
+def _logs_home(cfg: RayConfig) -> str:
+    if cfg.logs_dir is not None:
+        return os.path.abspath(cfg.logs_dir)
+    return os.path.join(os.environ.get("MEL_CACHE") or os.path.expanduser("~/.cache/mel"), "logs")
+
+
+def session_logs_dir(temp_dir: str) -> str:
+    """The log folder of the Ray session under ``temp_dir`` (Ray's ``session_latest/logs``)."""
+    return os.path.join(temp_dir, "session_latest", "logs")
+
+
+def _keep_logs(temp_dir: str, home: str) -> str | None:
+    """Copy the session's logs to ``<home>/<session name>`` before the session files are removed."""
+    src = os.path.realpath(os.path.join(temp_dir, "session_latest"))
+    logs = os.path.join(src, "logs")
+    if not os.path.isdir(logs):
+        return None
+    dst = os.path.join(home, os.path.basename(src))
+    try:
+        shutil.copytree(logs, dst, dirs_exist_ok=True, ignore_dangling_symlinks=True,
+                        ignore=shutil.ignore_patterns("*.sock", "*.lock"))
+    except (OSError, shutil.Error) as e:
+        log.warning("could not keep the Ray logs of %s in %s: %s", logs, dst, e)
+        return None
+    return dst
 
 
 def shutdown_ray() -> None:
@@ -193,6 +231,9 @@ def shutdown_ray() -> None:
         if left:
             log.info("stopped %d Ray processes that outlived ray.shutdown()", len(left))
     if _owned_temp_dir is not None:
+        kept = _keep_logs(_owned_temp_dir, _keep_logs_in) if _keep_logs_in else None
+        if kept:
+            print(f"Ray, Serve and vLLM logs kept in {kept}", file=sys.stderr, flush=True)
         log.info("removing Ray session files %s", _owned_temp_dir)
         shutil.rmtree(_owned_temp_dir, ignore_errors=True)
         _owned_temp_dir = None

@@ -350,6 +350,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("faiss").setLevel(logging.WARNING)  # which CPU build it loaded: not for a newcomer
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -30,7 +30,8 @@ def test_mel_serve_leaves_nothing_running_after_sigterm(demo_index: Path, tmp_pa
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mel", "serve", "--index", str(demo_index), "--port", str(port),
-         "--set", "method=retrieval", "--set", "serve.app_name=shutdown-test"],
+         "--set", "method=retrieval", "--set", "serve.app_name=shutdown-test",
+         "--set", f"ray.logs_dir={tmp_path / 'logs'}"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -62,3 +63,7 @@ def test_mel_serve_leaves_nothing_running_after_sigterm(demo_index: Path, tmp_pa
     assert not left, "the Ray session directory was left behind"
     out = (tmp_path / "serve.log").read_text()
     assert "stopping Serve and Ray" in out and "removing Ray session files" in out
+    # quiet: replica logs are not in the command's output, they are kept in ray.logs_dir (path printed)
+    assert "ServeReplica" not in out and "Ray, Serve and vLLM logs kept in" in out
+    kept = list((tmp_path / "logs").glob("session_*/serve/replica_shutdown-test_Retriever_*.log"))
+    assert kept and "serving index" in kept[0].read_text()
