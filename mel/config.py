@@ -267,6 +267,8 @@ class DeploymentConfig(Strict):
     max_batch_size: int = Field(16, ge=1, description="@serve.batch: most requests per batch.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: longest wait to fill a batch.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Autoscaling bounds.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of this deployment's "
+                                "replicas (merged into the job's), e.g. thread settings of an engine.")
 
     @field_validator("max_queued_requests")
     @classmethod

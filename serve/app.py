@@ -51,7 +51,8 @@ def deployment_options(d: DeploymentConfig, name: str, *, retry_after_s: float |
     at the proxy is full (matters for the ingress)."""
     opts: dict[str, Any] = {
         "name": name,
-        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
+        "ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus,
+                              **({"runtime_env": {"env_vars": dict(d.env)}} if d.env else {})},
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
         "logging_config": {"encoding": log_encoding},

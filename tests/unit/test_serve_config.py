@@ -39,6 +39,10 @@ def test_build_app_composes_deployments_with_config_options() -> None:
     assert opts["num_replicas"] == 2 and "autoscaling_config" not in opts
     sel = deployment_options(cfg.serve.selector, "Selector")
     assert sel["autoscaling_config"]["max_replicas"] == 3
+    assert "runtime_env" not in sel["ray_actor_options"]
+    env = load_config(None, {"serve.selector.env": {"OMP_NUM_THREADS": "1"}})
+    assert deployment_options(env.serve.selector, "Selector")["ray_actor_options"]["runtime_env"] == {
+        "env_vars": {"OMP_NUM_THREADS": "1"}}
     app = build_app(cfg, "/nonexistent/index")  # building binds; nothing runs until serve.run
     assert app is not None
     no_llm = build_app(load_config(None, ["method=retrieval"]), "/nonexistent/index")
