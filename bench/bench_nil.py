@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" --config {args.config}" if args.config else "")
                 + f" --dev-sample {args.dev_sample} --test-sample {args.test_sample}"
                 + "".join(f" --set {o}" for o in args.overrides),
-                "nil_figure": str(fig.relative_to(REPO)) if fig.is_relative_to(REPO) else str(fig),
+                "nil_figure": f"docs/figures/{fig.name}",
             }
             results = json.loads(out.read_text()) if out.exists() else {}
             row = results.setdefault(ds, {}).setdefault(label, {"method": method})

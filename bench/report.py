@@ -66,7 +66,7 @@ def nil_table(acc: dict) -> list[str]:
                      f"{_f(r.get('nil_auc_dev'), 2)} / {_f(r.get('nil_auc_test'), 2)} | "
                      f"{'none' if t is None else f'{t:.3f}'} ({kind}) |")
     lines += ["", "Curves: `bench/results/nil_curves.json`; plots: " + ", ".join(
-        f"[{ds} {m}]({r['nil_figure'].removeprefix('docs/')})" for ds, m, r in rows if r.get("nil_figure")) + ".",
+        f"[{ds} {m}](figures/{Path(r['nil_figure']).name})" for ds, m, r in rows if r.get("nil_figure")) + ".",
         "Commands: " + "; ".join(f"`{r['nil_command']}`" for _, _, r in rows if r.get("nil_command")), ""]
     return lines
 
