@@ -170,9 +170,8 @@ def _init(cfg: RayConfig, code_paths: Sequence[str]) -> None:
         _owned_temp_dir = temp_dir
     object_store = cfg.object_store_memory_mb * 1024 * 1024 if cfg.object_store_memory_mb is not None else None
     log.info("starting a local Ray on %s (num_cpus=%s, session files in %s)", LOOPBACK, cfg.num_cpus, temp_dir)
-    if not cfg.log_to_driver:  # quiet: Ray's and Serve's own driver-side messages at WARNING and above only
-        for name in ("ray", "ray.serve", "ray.data"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    if not cfg.log_to_driver:
+        quiet_ray_loggers(force=True)
     ray.init(
         address="local",
         num_cpus=cfg.num_cpus,
@@ -189,6 +188,22 @@ def _init(cfg: RayConfig, code_paths: Sequence[str]) -> None:
     if not cfg.log_to_driver:
         print(f"Ray, Serve and vLLM logs: {session_logs_dir(temp_dir)} (kept in {_keep_logs_in} when Ray stops)",
               file=sys.stderr, flush=True)
+
+
+_QUIET = False
+
+
+def quiet_ray_loggers(force: bool = False) -> None:
+    """Ray's, Ray Data's and Serve's driver-side messages at WARNING and above only (progress logs, "started"
+    lines). Ray Data and Serve configure their loggers when imported, so this runs again after they are (with
+    ``force=False`` only once :func:`init_ray` started a quiet local Ray)."""
+    global _QUIET
+    if not (force or _QUIET):
+        return
+    _QUIET = True
+    for name in ("ray", "ray.serve", "ray.data", "ray.data._internal.execution.streaming_executor",
+                 "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _logs_home(cfg: RayConfig) -> str:

@@ -35,9 +35,12 @@ def set_progress(enabled: bool) -> None:
     """Show (or hide) Ray Data progress bars for jobs started by this driver."""
     from ray.data import DataContext
 
+    from mel.raylocal import quiet_ray_loggers
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = enabled
     ctx.enable_operator_progress_bars = enabled
+    quiet_ray_loggers()  # Ray Data set its loggers up when imported: quiet them again under a quiet local Ray
 
 
 def model_cache_dir(cfg: Config) -> str:

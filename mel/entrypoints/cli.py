@@ -351,7 +351,8 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("faiss").setLevel(logging.WARNING)  # which CPU build it loaded: not for a newcomer
+        for noisy in ("faiss", "httpx", "httpcore"):  # which CPU build faiss loaded, every HTTP call: not news
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

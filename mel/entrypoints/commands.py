@@ -145,6 +145,9 @@ def start_serve(cfg: Config, index_dir: str, *, timeout_s: float = 600) -> str:
     index_dir = str(_resolve_index(index_dir))
     preflight_index(cfg, index_dir)
     init_ray(cfg.ray)
+    from mel.raylocal import quiet_ray_loggers
+
+    quiet_ray_loggers()  # Serve set its driver logger up when imported
     port = cfg.serve.port or _free_port(cfg.serve.host)
     http: dict[str, Any] = {"host": cfg.serve.host, "port": port}
     if cfg.serve.request_timeout_s is not None:
