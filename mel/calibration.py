@@ -199,7 +199,7 @@ def fit_confidence(mentions: Sequence[Mention], results: Sequence[LinkResult],
             if p.score is not None]
     y = np.array([points[i].top_correct for i, _ in rows], dtype=np.float64)
     if len(rows) < 2 * MIN_CLASS or y.sum() < MIN_CLASS or (len(y) - y.sum()) < MIN_CLASS:
-        log.warning("calibration: too few right (%d) or wrong (%d) top candidates to fit a confidence model; "
+        log.info("calibration: too few right (%d) or wrong (%d) top candidates to fit a confidence model; "
                     "the threshold applies to the raw score", int(y.sum()), int(len(y) - y.sum()))
         return None, list(points)
     x = np.array([f for _, f in rows], dtype=np.float64)

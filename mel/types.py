@@ -77,6 +77,14 @@ class LinkResult:
     def is_nil(self) -> bool:
         return self.entity_id is None
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinkResult:
+        """The inverse of :meth:`to_dict` (e.g. an answer of ``POST /v1/link``)."""
+        return cls(d["mention_id"], d.get("entity_id"), float(d["score"]),
+                   [Candidate(c["entity_id"], c["name"], float(c["score"]), dict(c.get("scores") or {}))
+                    for c in d.get("candidates") or []],
+                   dict(d.get("timings_ms") or {}), d.get("method") or "")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "mention_id": self.mention_id,

@@ -162,3 +162,21 @@ def test_library_readers_accept_demo_files() -> None:
     mentions = mentions_mod.read_mentions(MENTIONS_FILE)
     assert not mentions.report.missing_images, mentions.report.missing_images
     assert all(m.gold is None or m.gold in kb for m in mentions)
+
+
+def test_dev_mentions_for_nil_calibration(entities: list[dict[str, Any]], mentions: list[dict[str, Any]]) -> None:
+    """dev.jsonl (what the demo calibrates its NIL threshold on) is disjoint from the mentions it then scores,
+    refers to KB entities or NIL, and holds enough NIL mentions to choose a threshold."""
+    dev = _read_jsonl(DEMO / "dev.jsonl")
+    _unique_ids(dev, "dev.jsonl")
+    kb_ids = {e["id"] for e in entities}
+    assert not {d["id"] for d in dev} & {m["id"] for m in mentions}
+    assert not {(d["surface"], d["context"]) for d in dev} & {(m["surface"], m["context"]) for m in mentions}
+    for rec in dev:
+        assert set(rec) <= MENTION_FIELDS, rec["id"]
+        assert rec["gold"] is None or rec["gold"] in kb_ids, f"dev {rec['id']}: gold {rec['gold']!r} not in the KB"
+    assert sum(d["gold"] is None for d in dev) >= 5 and sum(d["gold"] is not None for d in dev) >= 15
+    from mel.datasets import load_dataset
+
+    ds = load_dataset("demo", str(DEMO.parent))
+    assert len(ds.splits["dev"]) == len(dev) and len(ds.splits["test"]) == len(mentions)
