@@ -290,6 +290,14 @@ class Ingress:
             raise Overloaded(503, f"deployment {deployment} is unavailable", [f"{deployment}: {e}"],
                              deployment=deployment, headers={"Retry-After": str(max(0, math.ceil(retry)))}) from None
         except Exception as e:  # noqa: BLE001 -- any replica failure becomes a 500 naming the stage
+            from mel.errors import InputError
+
+            cause = getattr(e, "cause", None)
+            bad = cause if isinstance(cause, InputError) else e if isinstance(e, InputError) else None
+            if bad is not None:  # the request's content cannot be processed (e.g. too long for the LLM)
+                raise BadRequest(422, f"stage {stage} cannot process this request: {str(bad)[:300]}",
+                                 [f"mentions: {str(bad)[:500]} (shorten the mention context)"],
+                                 deployment=deployment) from None
             raise StageFailed(500, f"stage {stage} failed in deployment {deployment}",
                               [f"{type(e).__name__}: {str(e)[:500]}"], deployment=deployment) from None
 

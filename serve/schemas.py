@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _valid_text(v: Any) -> Any:
+    """Refuse strings that are not Unicode text: JSON may escape lone surrogates (``"\\ud800"``), which no encoder
+    or tokenizer accepts."""
+    items = [v] if isinstance(v, str) else [x for kv in v.items() for x in kv] if isinstance(v, dict) else []
+    for x in items:
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"not valid Unicode text (lone surrogate at position {e.start})") from None
+    return v
 
 
 class MentionIn(BaseModel):
@@ -22,6 +37,11 @@ class MentionIn(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("id", "surface", "context", "image_path", "image_base64", "attributes")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return _valid_text(v)
+
 
 class LinkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +49,11 @@ class LinkRequest(BaseModel):
     mentions: list[MentionIn] = Field(..., min_length=1, description="Mentions to link (one or many).")
     adapter: str | None = Field(None, description="Name of a configured LoRA adapter for selection.")
     top_k: int | None = Field(None, ge=1, le=100, description="Candidates returned per mention.")
+
+    @field_validator("adapter")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return _valid_text(v)
 
 
 class CandidateOut(BaseModel):

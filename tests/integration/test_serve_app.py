@@ -169,3 +169,77 @@ def test_refuses_index_built_with_another_encoder(demo_index: Path, tmp_path: Pa
     write_manifest(copy, m)
     with pytest.raises(ArtifactMismatch, match="encoder_id"):
         commands.preflight_index(load_config(None), str(copy))
+
+
+def _fuzz_value(rng, depth: int = 0):  # noqa: ANN001, ANN202
+    kinds = ["str", "int", "float", "bool", "null", "bigint", "unicode", "surrogate", "long", "nan"]
+    if depth < 3:
+        kinds += ["list", "dict"]
+    k = rng.choice(kinds)
+    if k == "str":
+        return "".join(rng.choice("aZ09 .,-_/\\\"'{}[]") for _ in range(rng.randint(0, 20)))
+    if k == "int":
+        return rng.choice([0, -1, 1, 2, 5, 100, 101, 2**31, -(2**63)])
+    if k == "float":
+        return rng.choice([0.5, -3.25, 1e308, -1e-308, 1e30])
+    if k == "bool":
+        return rng.random() < 0.5
+    if k == "null":
+        return None
+    if k == "bigint":
+        return int("9" * rng.randint(20, 400))
+    if k == "unicode":
+        return "".join(chr(rng.choice([0x00, 0x7F, 0xE9, 0x4E2D, 0x1F600, 0x202E, 0xFEFF])) for _ in range(8))
+    if k == "surrogate":
+        return "\ud800x\udfff"
+    if k == "long":
+        return "y" * rng.randint(1000, 20000)
+    if k == "nan":
+        return float("nan")
+    if k == "list":
+        return [_fuzz_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {rng.choice(["surface", "context", "id", "x", "image_base64", "mentions", ""]): _fuzz_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 4))}
+
+
+def _fuzz_body(rng) -> bytes:  # noqa: ANN001
+    """A request body: a valid link request with fields replaced, added or dropped, or any JSON, or broken bytes."""
+    mode = rng.random()
+    if mode < 0.1:
+        return bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+    if mode < 0.25:
+        body = _fuzz_value(rng)
+    else:
+        mention = {"surface": "Jaguar", "context": "a big cat", "id": "m1"}
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(["surface", "context", "id", "image_base64", "image_path", "attributes", "gold", "zz"])
+            if rng.random() < 0.2:
+                mention.pop(key, None)
+            else:
+                mention[key] = _fuzz_value(rng)
+        body = {"mentions": [mention] * rng.randint(1, 3)}
+        for key in ("top_k", "adapter", "extra"):
+            if rng.random() < 0.3:
+                body[key] = _fuzz_value(rng)
+    return json.dumps(body, allow_nan=True).encode()
+
+
+def test_fuzzed_requests_never_get_a_5xx(server) -> None:
+    """A seeded, bounded fuzz over the request schema (wrong types, unknown and missing fields, huge numbers and
+    strings, NaN, lone surrogates, control characters, nesting, garbage bytes): every answer is a 2xx or a 4xx
+    JSON error, and the server keeps serving."""
+    import random
+
+    url, _ = server
+    rng = random.Random(20261207)
+    seen: dict[int, int] = {}
+    with httpx.Client(timeout=120) as client:
+        for i in range(250):
+            body = _fuzz_body(rng)
+            r = client.post(f"{url}/v1/link", content=body, headers={"content-type": "application/json"})
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
+            assert r.status_code < 500, f"request {i} got {r.status_code}: {body[:300]!r} -> {r.text[:300]}"
+            data = r.json()
+            assert ("results" in data) if r.status_code == 200 else ("error" in data), data
+    assert seen.get(200, 0) > 0 and sum(v for k, v in seen.items() if 400 <= k < 500) > 100, seen
+    assert httpx.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
