@@ -71,6 +71,16 @@ def nil_table(acc: dict) -> list[str]:
     return lines
 
 
+def selection_latency_table(r: dict) -> list[str]:
+    return ["### LLM selection per mention: in-process engine vs the Serve graph at concurrency 1 (ms, medians)", "",
+            "| config | mentions | select in-process | select in Serve | Serve / in-process | Serve request wall |",
+            "|---|---|---|---|---|---|",
+            f"| {r['config']} | {r['mentions']} (first {r['warmup']} not counted) | "
+            f"{_f(r['select_ms_median_in_process'])} | {_f(r['select_ms_median_serve_c1'])} | "
+            f"{_f(r['ratio_serve_over_in_process'], 2)} | {_f(r['request_ms_median_serve_c1'])} |", "",
+            f"Command: `{r['command']}` (one run, both sides on the same machine, one mention per call).", ""]
+
+
 def tuning_table(t: dict) -> list[str]:
     lines = ["### Selector fusion weight (dev split; H@1 percent by weight w of the LLM)", "",
              "| dataset | dev mentions | w=0 (retrieval) | best w | H@1 at best | w=1 (LLM only) |",
@@ -147,7 +157,7 @@ def selector_training_table(st: dict) -> list[str]:
 def main() -> int:
     parts: list[str] = []
     for name, fn in [("accuracy.json", accuracy_table), ("accuracy.json", nil_table),
-                     ("selection_tuning.json", tuning_table),
+                     ("selection_tuning.json", tuning_table), ("selection_latency.json", selection_latency_table),
                      ("indexing.json", indexing_table),
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
                      ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table)]:
