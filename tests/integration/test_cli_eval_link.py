@@ -135,3 +135,22 @@ def test_calibrate_on_dev_then_eval_test_with_withheld_golds(
                "--set", f"nil.calibration={cal_path}", "--set", "retrieval.top_k=7"])
     assert rc == 2
     assert "another configuration of method 'retrieval'" in capsys.readouterr().err
+
+
+def test_two_runs_give_identical_answers(demo_index: Path, vllm_engine, text_encoder) -> None:
+    """The demo's method (LLM selection) answers the demo mentions identically on a second run: same answers,
+    candidates and scores (the demo's figure is reproducible)."""
+    from mel.config import load_config
+    from mel.mentions import read_mentions
+    from mel.methods import build_linker
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["nil.calibration=off", "retrieval.top_k=5"])
+    mentions = [m for m in read_mentions(REPO / "data" / "demo" / "mentions.jsonl") if not m.image]
+    linker = build_linker(cfg, str(demo_index), engine=vllm_engine, text_encoder=text_encoder)
+
+    def answers() -> list:
+        return [(r.entity_id, [(c.entity_id, round(c.score, 5)) for c in r.candidates])
+                for r in linker.link(mentions[:12])]
+
+    first = answers()
+    assert first == answers()

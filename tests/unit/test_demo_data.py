@@ -180,3 +180,10 @@ def test_dev_mentions_for_nil_calibration(entities: list[dict[str, Any]], mentio
 
     ds = load_dataset("demo", str(DEMO.parent))
     assert len(ds.splits["dev"]) == len(dev) and len(ds.splits["test"]) == len(mentions)
+
+
+def test_readme_states_the_accuracy_the_demo_promises() -> None:
+    from mel.entrypoints.demo import PROMISED
+
+    readme = " ".join((DEMO.parents[1] / "README.md").read_text().split())
+    assert f"**{PROMISED} correct**" in readme, PROMISED
