@@ -243,12 +243,9 @@ def read_calibration(path: str | Path) -> Calibration:
     p = Path(path)
     if not p.is_file():
         raise InputError("calibration file not found; make one with `mel calibrate`", path=str(p))
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not valid JSON: {e}", path=str(p)) from None
-    if not isinstance(data, dict):
-        raise InputError("top level must be an object", path=str(p))
+    from mel.fileio import read_json_object
+
+    data = read_json_object(p)
     if data.get("format_version") != FORMAT_VERSION:
         raise ArtifactMismatch(f"{p}: calibration format_version {data.get('format_version')!r}, this code reads "
                                f"{FORMAT_VERSION}; rerun `mel calibrate`")

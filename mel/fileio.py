@@ -38,6 +38,17 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file whose top level is an object; errors (bad JSON, bad encoding, not an object) name the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON: {e}", path=str(path)) from e
+    if not isinstance(data, dict):
+        raise InputError("top level must be an object", path=str(path))
+    return data
+
+
 def json_type(value: object) -> str:
     """The JSON name of a Python value's type, for error messages."""
     if value is None:

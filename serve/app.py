@@ -35,7 +35,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from mel.config import Config, DeploymentConfig, load_config
-from mel.steps.base import PART_CONFIG, Host, Step
+from mel.steps.base import Host, Step, config_section, config_sections
 from serve.deployments import HostDeployment
 from serve.ingress import INGRESS, Ingress, api
 
@@ -78,24 +78,14 @@ def _module_source(name: str) -> bytes:
     return Path(inspect.getfile(mod)).read_bytes()
 
 
-def _section(raw: dict[str, Any], dotted: str) -> Any:
-    cur: Any = raw
-    for key in dotted.split("."):
-        cur = cur.get(key) if isinstance(cur, dict) else None
-    return cur
-
-
 def host_version(cfg: Config, host: Host, steps: list[type[Step]]) -> str:
     """The version of a host deployment running ``steps``: a hash of the code those steps run (their modules and
     the modules they declare in ``code``, plus the host code) and of the config sections they read, the sections of
     the parts they need, and the host's ``serve.<section>``. Nothing else in the config enters it."""
     raw = cfg.model_dump(mode="json")
-    sections: set[str] = {f"serve.{host.serve_section}", "plugins"}
+    sections = config_sections(steps) | {f"serve.{host.serve_section}", "plugins"}
     modules: set[str] = set(_HOST_CODE)
     for s in steps:
-        sections.update(s.reads)
-        for part in s.needs:
-            sections.update(PART_CONFIG[part])
         modules.add(s.__module__)
         modules.update(s.code)
     h = hashlib.sha256()
@@ -103,7 +93,7 @@ def host_version(cfg: Config, host: Host, steps: list[type[Step]]) -> str:
     for name in sorted(modules):
         h.update(name.encode())
         h.update(_module_source(name))
-    h.update(json.dumps({k: _section(raw, k) for k in sorted(sections)}, sort_keys=True, default=repr).encode())
+    h.update(json.dumps({k: config_section(raw, k) for k in sorted(sections)}, sort_keys=True, default=repr).encode())
     return h.hexdigest()[:16]
 
 

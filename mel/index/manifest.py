@@ -85,12 +85,9 @@ def read_manifest(index_dir: str | Path) -> Manifest:
     if not p.is_file():
         raise InputError(f"no {MANIFEST}: not an index directory, or its build did not finish; "
                          "rebuild it with `mel index`", path=str(d))
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not valid JSON: {e}", path=str(p)) from e
-    if not isinstance(data, dict):
-        raise InputError("top level must be an object", path=str(p))
+    from mel.fileio import read_json_object
+
+    data = read_json_object(p)
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactMismatch(f"{p}: index format_version is {version!r}, this code reads {FORMAT_VERSION}; "

@@ -34,24 +34,12 @@ class MethodSpec:
         import hashlib
         import json
 
-        from mel.steps.base import PART_CONFIG
+        from mel.steps.base import config_section, config_sections
 
         raw = cfg.model_dump(mode="json")
         steps = self.active_steps(cfg)
-        sections: set[str] = {"plugins", f"methods.{self.name}"}
-        for s in steps:
-            sections.update(s.reads)
-            for part in s.needs:
-                sections.update(PART_CONFIG[part])
-        sections -= {"nil", "models.cache_dir"}
-
-        def get(dotted: str) -> Any:
-            cur: Any = raw
-            for key in dotted.split("."):
-                cur = cur.get(key) if isinstance(cur, dict) else None
-            return cur
-
-        blob = json.dumps([self.name, [s.name for s in steps], {k: get(k) for k in sorted(sections)}],
+        sections = (config_sections(steps) | {"plugins", f"methods.{self.name}"}) - {"nil", "models.cache_dir"}
+        blob = json.dumps([self.name, [s.name for s in steps], {k: config_section(raw, k) for k in sorted(sections)}],
                           sort_keys=True, default=repr)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -27,6 +27,24 @@ PART_CONFIG: dict[str, tuple[str, ...]] = {
 PARTS: frozenset[str] = frozenset(PART_CONFIG)
 
 
+def config_sections(steps: list[type[Step]]) -> set[str]:
+    """The dotted config sections ``steps`` read: their own ``reads`` and those of the parts they need."""
+    out: set[str] = set()
+    for s in steps:
+        out.update(s.reads)
+        for part in s.needs:
+            out.update(PART_CONFIG[part])
+    return out
+
+
+def config_section(raw: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted path of a dumped config (None when absent)."""
+    cur: Any = raw
+    for key in dotted.split("."):
+        cur = cur.get(key) if isinstance(cur, dict) else None
+    return cur
+
+
 @dataclass
 class MentionState:
     """One mention on its way through a method's steps. Plain and picklable: Serve passes it between deployments.
