@@ -298,6 +298,14 @@ class SelectorDeploymentConfig(DeploymentConfig):
     max_queued_requests: int = Field(64, ge=-1, description=DeploymentConfig.model_fields[
         "max_queued_requests"].description)
     max_batch_size: int = Field(8, ge=1, description="@serve.batch: most requests per batch.")
+    multiplex_adapters: bool = Field(
+        True, description="Per-request LoRA adapters as Serve multiplexed models: a request naming an adapter is "
+        "routed to a Selector replica that already holds it when one does (`@serve.multiplexed`), and a replica "
+        "checks and loads an adapter once, keeping the `max_adapters_per_replica` most recently used. Not used "
+        "with selection.merge_adapters (every replica then holds every merged adapter).")
+    max_adapters_per_replica: int | None = Field(
+        None, ge=1, description="Adapters one Selector replica keeps loaded (least recently used dropped first). "
+        "None: models.llm.max_loras, the adapters the engine holds at once.")
 
 
 class ServeConfig(Strict):
@@ -441,7 +449,13 @@ class SelectorTrainConfig(Strict):
         description="Linear modules given LoRA weights (vLLM serves LoRA on linear projections only). r=8 on "
         "q_proj+v_proj trains 0.34% of SmolLM2-135M (the UniMEL paper: ~0.3%).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate (peak, after warm-up).")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warm-up: constant, or cosine decay to lr/10.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up from lr/warmup_steps.")
+    eos_loss: bool = Field(
+        False, description="Also put loss on the end-of-turn token after the letter. Off: the loss is on the option "
+        "letter alone (the engine's constrained choice reads only the letter's probability).")
     batch_size: int = Field(4, ge=1, description="Prompts per optimizer step.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training prompts (steps = ceil(epochs * n / "
                           "batch_size)) unless `steps` is set.")
@@ -499,6 +513,13 @@ class Config(Strict):
     def hash(self) -> str:
         """Stable hash of the settings (used in artifact manifests)."""
         return config_hash(self.model_dump(mode="json"))
+
+
+def adapters_multiplexed(cfg: Config) -> bool:
+    """Whether Serve routes requests by adapter (``serve.selector.multiplex_adapters``): named adapters served
+    per request through LoRA, not merged into engines of their own."""
+    sel = cfg.selection
+    return cfg.serve.selector.multiplex_adapters and bool(sel.adapters) and not sel.merge_adapters
 
 
 def config_hash(data: Any) -> str:

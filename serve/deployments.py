@@ -24,7 +24,7 @@ from typing import Any
 
 from ray import serve
 
-from mel.config import Config
+from mel.config import Config, adapters_multiplexed
 from mel.steps.base import MentionState, Step
 from serve.telemetry import IndexMetrics, StageMetrics, current_request_id, log_event
 
@@ -68,6 +68,31 @@ class HostDeployment:
         dcfg = getattr(self.cfg.serve, str(self.host.serve_section))
         self.run_batch.set_max_batch_size(dcfg.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(dcfg.batch_wait_timeout_s)
+        self.adapters_held: list[str] = []
+        self.multiplexed = "llm" in needs and adapters_multiplexed(self.cfg)
+        if self.multiplexed:
+            held = self.cfg.serve.selector.max_adapters_per_replica or self.cfg.models.llm.max_loras
+            self.load_adapter = serve.multiplexed(max_num_models_per_replica=held)(self._adapter_loader())
+
+    def _adapter_loader(self) -> Any:
+        """The multiplexed-model loader of this replica: a request's adapter (its multiplexed model id) is checked
+        against the engine and loaded once; Serve keeps the most recently used ones, tells the router which this
+        replica holds (requests naming them come here first) and drops the least recently used."""
+        from mel.errors import InputError
+        from mel.llm.base import LoRASpec, preload_adapter
+
+        async def load(name: str) -> _HeldAdapter:
+            if name not in self.cfg.selection.adapters:
+                raise InputError(f"unknown adapter {name!r}; known: {sorted(self.cfg.selection.adapters)}",
+                                 field="adapter")
+            spec = LoRASpec(name, self.cfg.selection.adapters[name])
+            t0 = time.perf_counter()
+            await asyncio.to_thread(preload_adapter, self.models.engine, spec)
+            log_event("adapter", self.deployment, current_request_id(), 1000 * (time.perf_counter() - t0),
+                      f"loaded adapter {name!r}", adapter=name, path=spec.path)
+            return _HeldAdapter(name, self.adapters_held)
+
+        return load
 
     def _build(self, parts: Any) -> dict[str, Step]:
         return {c.name: c(self.cfg, parts) for c in self.step_classes}
@@ -108,6 +133,8 @@ class HostDeployment:
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": [c.name for c in self.step_classes],
                                "replica": serve.get_replica_context().replica_tag}
+        if self.multiplexed:
+            out["adapters_held"] = list(self.adapters_held)
         if self.uses_index:
             self._steps()
             m = self.index.manifest
@@ -129,6 +156,8 @@ class HostDeployment:
         t0 = time.perf_counter()
         rid = request_id or current_request_id()
         names = tuple(step_names)
+        if self.multiplexed and (adapter := serve.get_multiplexed_model_id()):
+            await self.load_adapter(adapter)  # a dict lookup once this replica holds it
         outs = await gather_batched(self.metrics, self.deployment, rid, t0,
                                     [self.run_batch((s, names)) for s in states])
         results = [o[0] for o in outs]
@@ -170,6 +199,20 @@ class HostDeployment:
                     engine.shutdown()
                 except Exception:  # noqa: BLE001 -- best effort at teardown
                     pass
+
+
+class _HeldAdapter:
+    """An adapter a replica holds, as Serve's multiplexing keeps it: listed in ``held`` (reported by ``info``) from
+    its load until Serve drops it (least recently used), which calls ``__del__``. The engine's own LRU
+    (``models.llm.max_loras``) decides which adapter weights stay resident."""
+
+    def __init__(self, name: str, held: list[str]) -> None:
+        self.name, self._held = name, held
+        held.append(name)
+
+    def __del__(self) -> None:
+        if self.name in self._held:
+            self._held.remove(self.name)
 
 
 async def gather_batched(metrics: StageMetrics, deployment: str, request_id: str, t0: float,

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from mel.config import Config
+from mel.config import Config, adapters_multiplexed
 from mel.steps.base import MentionState
 from mel.types import Mention
 from serve.schemas import ErrorOut, LinkRequest, LinkResponse
@@ -189,6 +189,7 @@ class Ingress:
         self.local_steps = {c.name: c(self.cfg, Parts()) for h, cs in self.segments if h.name == "local" for c in cs}
         self.metrics = metrics or StageMetrics("link", self.cfg.method)
         self.nil = nil or {"source": "config", "threshold": self.cfg.nil.threshold}
+        self.multiplexed = adapters_multiplexed(self.cfg)
 
     async def _parse(self, request: Request) -> LinkRequest:
         limit = self.cfg.serve.max_body_bytes
@@ -313,8 +314,11 @@ class Ingress:
                 states = run_steps([self.local_steps[n] for n in names], states)
                 continue
             t0 = time.perf_counter()
+            handle = self.handles[host.name]
+            if adapter is not None and self.multiplexed and "llm" in host.parts:
+                handle = handle.options(multiplexed_model_id=adapter)  # to a replica holding it, when one does
             states, model_ms, _ = await self._call(
-                names[0], str(host.deployment), state, self.handles[host.name].run.remote(states, names, rid))
+                names[0], str(host.deployment), state, handle.run.remote(states, names, rid))
             hop = max(0.0, 1000 * (time.perf_counter() - t0) - model_ms)
             for s in states:
                 s.timings_ms[f"{names[0]}_hop"] = hop
@@ -331,5 +335,11 @@ class Ingress:
     async def healthz(self) -> dict[str, Any]:
         index_host = next((h.name for h, cs in self.segments if any("index" in c.needs for c in cs)), None)
         info = await self.handles[index_host].info.remote() if index_host is not None else None
-        return {"status": "ok", "method": self.cfg.method, "selector": "llm" in self.handles,
-                "steps": [c.name for _, cs in self.segments for c in cs], "index": info, "nil": self.nil}
+        out = {"status": "ok", "method": self.cfg.method, "selector": "llm" in self.handles,
+               "steps": [c.name for _, cs in self.segments for c in cs], "index": info, "nil": self.nil}
+        if self.cfg.selection.adapters and "llm" in self.handles:
+            out["adapters"] = {"configured": sorted(self.cfg.selection.adapters), "default": self.default_adapter,
+                               "multiplexed": self.multiplexed, "merged": self.cfg.selection.merge_adapters}
+            if self.multiplexed:  # what the replica answering this call holds
+                out["adapters"]["held"] = (await self.handles["llm"].info.remote()).get("adapters_held", [])
+        return out

@@ -154,6 +154,8 @@ def cmd_train_selector(args: argparse.Namespace) -> int:
                       "train_seconds": report["train_seconds"],
                       "dev_accuracy_before": ev.get("before", {}).get("accuracy"),
                       "dev_accuracy_after": ev.get("after", {}).get("accuracy"),
+                      "dev_shuffled_accuracy_before": ev.get("before", {}).get("shuffled_accuracy"),
+                      "dev_shuffled_accuracy_after": ev.get("after", {}).get("shuffled_accuracy"),
                       "dev_retrieval_h@1": report["dev"]["retrieval_h@1_on_examples"]}, indent=2))
     return 0
 

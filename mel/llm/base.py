@@ -39,3 +39,11 @@ class LLMEngine(Protocol):
         ...
 
     def shutdown(self) -> None: ...
+
+
+def preload_adapter(engine: object, lora: LoRASpec) -> None:
+    """Load ``lora`` into ``engine`` ahead of use when the engine can (``load_adapter``); engines without it load
+    adapters on first use."""
+    load = getattr(engine, "load_adapter", None)
+    if load is not None:
+        load(lora)

@@ -178,6 +178,12 @@ class VLLMEngine:
                 raise InputError(f"prompt {i} has {length} tokens; with {n} new tokens it exceeds "
                                  f"models.llm.max_model_len={self.cfg.max_model_len}")
 
+    def load_adapter(self, lora: LoRASpec) -> None:
+        """Check ``lora`` against this engine (rank, base model) and load its weights now, so the first request
+        naming it does not pay for the load (a replica's multiplexed adapter load calls this)."""
+        self._check_open()
+        self._llm.llm_engine.add_lora(self._lora_request(lora))
+
     def _lora_request(self, lora: LoRASpec | None) -> Any:
         if lora is None:
             return None

@@ -84,6 +84,24 @@ def _batch_indices(n: int, step: int, batch_size: int, seed: int, shuffle: bool)
     return out
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, steps: int, lr: float, schedule: str, warmup: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps``: linear warm-up over ``warmup`` steps, then
+    ``constant`` or a ``cosine`` decay to a tenth of ``lr``. A function of the step alone (resume-safe)."""
+    if schedule not in SCHEDULES:
+        raise InputError(f"unknown lr schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant" or steps <= warmup + 1:
+        return lr
+    import math
+
+    t = (step - warmup) / max(1, steps - warmup - 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
 def pairs_hash(pairs: Sequence[tuple[str, str]]) -> str:
     """Content hash of the training pairs (a checkpoint is only resumed on the same data)."""
     import hashlib
@@ -135,14 +153,15 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
                       checkpoint_every: int = 0, keep_checkpoints: int = 2, resume: bool = False,
                       log_every: int = 10, extra_meta: dict[str, Any] | None = None,
                       evaluate: Callable[[Any, Any], dict[str, Any]] | None = None,
-                      eval_every: int = 0) -> dict[str, Any]:
+                      eval_every: int = 0, schedule: str = "constant", warmup_steps: int = 0) -> dict[str, Any]:
     """Create (and with ``steps > 0`` train) a LoRA adapter on ``base_model_dir``; save it to ``out_dir``.
 
     Step ``s`` trains on the batch :func:`_batch_indices` gives (consecutive pairs, cycling; a seeded permutation
     per pass with ``shuffle``). With ``checkpoint_dir`` and ``checkpoint_every > 0``, every that many steps the
     adapter, optimizer and losses are saved there (atomically; ``keep_checkpoints`` newest kept); ``resume``
     continues from the newest one, which must have been made with the same base model, data and settings
-    (else :class:`ArtifactMismatch`). ``append_eos`` ends each answer with the EOS token, as the engine generates it
+    (else :class:`ArtifactMismatch`). The learning rate follows :func:`lr_at` (``schedule``, ``warmup_steps``).
+    ``append_eos`` ends each answer with the EOS token, as the engine generates it
     after a constrained label. The adapter folder appears only when complete. Returns a report: path,
     trainable/total parameters and their share, per-step losses, settings (also saved as ``mel_adapter.json``,
     with ``extra_meta`` merged in). ``evaluate(model, tokenizer)``: called on the fresh adapter (equal to the base
@@ -151,6 +170,9 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
     pairs = _check_pairs(train_pairs, steps)
     if rank < 1 or alpha <= 0 or lr <= 0 or batch_size < 1:
         raise InputError(f"rank, alpha, lr and batch_size must be positive (got {rank}, {alpha}, {lr}, {batch_size})")
+    if warmup_steps < 0:
+        raise InputError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    lr_at(0, max(steps, 1), lr, schedule, warmup_steps)  # refuses an unknown schedule before any loading
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists; choose another folder or pass overwrite=True")
@@ -188,7 +210,8 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
     fingerprint = architecture_fingerprint(base)
     settings = {"base_fingerprint": fingerprint, "rank": rank, "alpha": alpha, "target_modules": list(target_modules),
                 "lr": lr, "seed": seed, "batch_size": batch_size, "dropout": dropout, "append_eos": append_eos,
-                "shuffle": shuffle, "pairs_hash": pairs_hash(pairs), "train_pairs": len(pairs)}
+                "shuffle": shuffle, "pairs_hash": pairs_hash(pairs), "train_pairs": len(pairs), "schedule": schedule,
+                "warmup_steps": warmup_steps}
 
     evaluation: dict[str, Any] = {}
     if evaluate is not None:
@@ -220,6 +243,8 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
         for step in range(start_step, steps):
             batch = [pairs[i] for i in _batch_indices(len(pairs), step, batch_size, seed, shuffle)]
             ids, mask, labels = _encode_pairs(tokenizer, batch, append_eos)
+            for group in optim.param_groups:
+                group["lr"] = lr_at(step, steps, lr, schedule, warmup_steps)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             optim.zero_grad()
             loss.backward()

@@ -11,8 +11,8 @@ calls when serving, so training and inference cannot drift.
 Mentions that cannot teach a choice (gold ``None`` or not in the KB: NIL mentions; or fewer than two options) are
 counted and skipped, never silently. A dev set (the dataset's ``dev`` split, or a share of the training mentions
 carved out by a stable hash of the id, disjoint from train) gives the accuracy of the LLM alone on dev mentions
-whose gold is among the options (options in retrieval order, as served), before and after training, next to the
-retrieval's own H@1 on the same mentions.
+whose gold is among the options (options in retrieval order, as served; and shuffled, which shows whether it reads
+them), before and after training, next to the retrieval's own H@1 on the same mentions.
 
 The adapter folder (peft, loadable by vLLM: LoRA on linear projections only, no ``modules_to_save``, rank within
 the engine's ``max_lora_rank``) records in ``mel_adapter.json`` the base model and its fingerprint, the data, the
@@ -135,6 +135,20 @@ def letter_accuracy(examples: Sequence[SelectorExample]) -> Callable[[Any, Any],
                 correct += ex.letters[scores.index(max(scores))] == ex.answer
         return {"examples": len(examples), "accuracy": round(100.0 * correct / len(examples), 2),
                 "seconds": round(time.perf_counter() - t0, 1)}
+
+    return evaluate
+
+
+def dev_accuracy(in_order: Sequence[SelectorExample],
+                 shuffled: Sequence[SelectorExample]) -> Callable[[Any, Any], dict[str, Any]]:
+    """An ``evaluate`` hook scoring the dev prompts twice: options in retrieval order as served (``accuracy``, next
+    to retrieval's H@1 on them) and options shuffled (``shuffled_accuracy``): only the second says whether the
+    adapter reads the options, since a learned position prior scores ~1/K there."""
+    first, second = letter_accuracy(in_order), letter_accuracy(shuffled)
+
+    def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
+        a, b = first(model, tokenizer), second(model, tokenizer)
+        return {**a, "shuffled_accuracy": b["accuracy"], "seconds": round(a["seconds"] + b.get("seconds", 0.0), 1)}
 
     return evaluate
 
@@ -273,6 +287,8 @@ def train_selector(cfg: Config, *, index_dir: str, out: str, dataset: str | None
                          f"({stats})")
     dev_examples, dev_stats = build_examples(dev, dev_cands, index.text, index.name, kb_ids, cfg.selection, fmt,
                                              shuffle=False, insert_gold=False)
+    dev_shuffled, _ = build_examples(dev, dev_cands, index.text, index.name, kb_ids, cfg.selection, fmt,
+                                     shuffle=True, seed=tcfg.seed + 1, insert_gold=False)
     steps = tcfg.steps or math.ceil(tcfg.epochs * len(examples) / tcfg.batch_size)
     lengths = sorted(len(tokenizer.encode(e.prompt)) for e in examples)
     if lengths[-1] + 2 > cfg.models.llm.max_model_len:
@@ -301,4 +317,5 @@ def train_selector(cfg: Config, *, index_dir: str, out: str, dataset: str | None
         batch_size=tcfg.batch_size, dropout=tcfg.dropout, shuffle=True, overwrite=overwrite or resume,
         checkpoint_dir=str(out_path.parent / f"{out_path.name}.checkpoints"), checkpoint_every=tcfg.checkpoint_every,
         keep_checkpoints=tcfg.keep_checkpoints, resume=resume, log_every=tcfg.log_every, extra_meta=meta,
-        evaluate=letter_accuracy(dev_examples) if dev_examples else None, eval_every=tcfg.eval_every)
+        evaluate=dev_accuracy(dev_examples, dev_shuffled) if dev_examples else None, eval_every=tcfg.eval_every,
+        schedule=tcfg.schedule, warmup_steps=tcfg.warmup_steps, append_eos=tcfg.eos_loss)

@@ -182,7 +182,8 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
                                               selector_adapter: str) -> None:
     """llm-select with the real vLLM engine (one in the Selector replica, one in `mel link --local`), one mention
     per engine batch on both sides: the same answers, candidates and fused scores. A request naming the freshly
-    trained selector adapter is answered with it (other LLM scores); an unknown adapter is a 404 naming the known."""
+    trained selector adapter is answered with it (other LLM scores) by a replica that then holds it (Serve
+    multiplexing); an unknown adapter is a 404 naming the known."""
     from ray import serve
 
     from mel.entrypoints import commands
@@ -205,6 +206,9 @@ def test_online_and_batch_llm_selection_agree(serve_port: int, demo_index: Path,
     pairs = [(c["scores"]["llm"], base_llm[c["entity_id"]]) for c in tuned.json()["results"][0]["candidates"]
              if c["scores"].get("llm") is not None and base_llm.get(c["entity_id"]) is not None]
     assert pairs and any(abs(a - b) > 1e-6 for a, b in pairs), pairs
+    # the request was routed with the adapter as its multiplexed model id: the Selector replica now holds it
+    assert httpx.get(f"{url}/healthz", timeout=60).json()["adapters"] == {
+        "configured": ["fresh"], "default": None, "multiplexed": True, "merged": False, "held": ["fresh"]}
     bad = httpx.post(f"{url}/v1/link", json=_body(ms[:1], adapter="nope"), timeout=60)
     assert bad.status_code == 404 and "fresh" in bad.json()["error"]
     serve.delete("sel")  # one engine at a time on this machine

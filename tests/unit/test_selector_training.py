@@ -13,6 +13,7 @@ from mel.train.lora import _batch_indices
 from mel.train.selector import (
     build_examples,
     carve_dev,
+    dev_accuracy,
     letter_accuracy,
     option_order,
     pick_training_mentions,
@@ -118,6 +119,39 @@ def test_letter_accuracy_reads_the_letter_logits() -> None:
     ex = [SelectorExample("a", "p", ("A", "B", "C"), "B", 2), SelectorExample("b", "p", ("A", "B"), "A", 1)]
     assert letter_accuracy(ex)(Model(), Tok())["accuracy"] == pytest.approx(50.0)
     assert letter_accuracy([])(Model(), Tok())["accuracy"] is None
+    # a position prior (always B) is caught by the shuffled dev prompts: the same mentions, other letters
+    shuffled = [SelectorExample("a", "p", ("A", "B", "C"), "C", 2), SelectorExample("b", "p", ("A", "B"), "B", 1)]
+    both = dev_accuracy(ex, shuffled)(Model(), Tok())
+    assert both["accuracy"] == pytest.approx(50.0) and both["shuffled_accuracy"] == pytest.approx(50.0)
+
+
+def test_learning_rate_warms_up_then_holds_or_decays_as_a_function_of_the_step() -> None:
+    from mel.errors import InputError
+    from mel.train.lora import lr_at
+
+    assert [lr_at(s, 10, 1.0, "constant", 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = [lr_at(s, 10, 1.0, "cosine", 2) for s in range(10)]
+    assert cos[:2] == [0.5, 1.0] and cos[2] == pytest.approx(1.0) and cos[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(cos[2:], cos[3:]))
+    assert lr_at(0, 1, 2e-4, "cosine", 0) == 2e-4
+    with pytest.raises(InputError, match="unknown lr schedule 'linear'"):
+        lr_at(0, 10, 1.0, "linear", 0)
+
+
+def test_the_loss_is_on_the_answer_tokens_only_with_or_without_eos() -> None:
+    from mel.train.lora import _encode_pairs
+
+    class Tok:
+        eos_token_id, pad_token_id = 7, 0
+
+        def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+            return [ord(c) for c in text]
+
+    ids, mask, labels = _encode_pairs(Tok(), [("ab", "C"), ("a", "D")], append_eos=False)
+    assert labels.tolist() == [[-100, -100, ord("C")], [-100, ord("D"), -100]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    _, _, labels = _encode_pairs(Tok(), [("ab", "C")], append_eos=True)
+    assert labels.tolist() == [[-100, -100, ord("C"), 7]]
 
 
 def test_training_refuses_a_method_without_a_select_step_and_a_rank_the_engine_cannot_serve(tmp_path) -> None:  # noqa: ANN001

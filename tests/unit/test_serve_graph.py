@@ -296,6 +296,46 @@ def test_ingress_answers_404_naming_the_known_adapters() -> None:
     assert retr.request_ids == []
 
 
+class RoutedSelector(FakeSelector):
+    """A Selector handle recording the multiplexed model id each call was routed with (``options``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routed: list[str | None] = []
+        self._id: str | None = None
+
+    def options(self, multiplexed_model_id: str) -> RoutedSelector:
+        routed = RoutedSelector()
+        routed.routed, routed._id = self.routed, multiplexed_model_id
+        return routed
+
+    async def _run(self, states: list[MentionState], names: list[str], rid: str) -> Any:
+        self.routed.append(self._id)
+        assert self._id is None or all(s.adapter == self._id for s in states)
+        return await super()._run(states, names, rid)
+
+
+@pytest.mark.parametrize(("overrides", "routed"), [
+    ({}, ["rp", "wiki", "wiki"]),  # request's adapter, else the method's default
+    ({"serve.selector.multiplex_adapters": False}, [None, None, None]),
+    ({"selection.merge_adapters": True}, [None, None, None]),  # every replica holds every merged adapter
+])
+def test_ingress_routes_a_request_to_its_adapter_as_a_multiplexed_model(overrides: dict, routed: list) -> None:
+    from mel.config import adapters_multiplexed
+
+    cfg = load_config(None, {"method": "unimel", "retrieval.rerank.enabled": False, "selection.adapters":
+                             {"rp": "/a", "wiki": "/b"}, "methods.unimel.adapter": "wiki", **overrides})
+    assert adapters_multiplexed(cfg) == (routed[0] is not None)
+    sel = RoutedSelector()
+    ing, _ = _ingress(cfg, FakeRetriever(), sel)
+    for body in ({"mentions": [{"surface": "a"}], "adapter": "rp"}, {"mentions": [{"surface": "a"}]},
+                 {"mentions": [{"surface": "a"}, {"surface": "b"}], "adapter": "wiki"}):
+        status, out, _ = _call(ing, body)
+        assert status == 200, out
+    assert sel.routed == routed
+    assert not adapters_multiplexed(load_config(None, {"method": "unimel"}))  # no adapters: nothing to route
+
+
 def test_select_step_uses_an_adapters_merged_engine_and_lora_otherwise(index_dir: Path) -> None:
     from mel.steps import get_step
 
