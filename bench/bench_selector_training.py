@@ -3,8 +3,8 @@
 Trains the LoRA selector on a seeded sample of a dataset's train split (hard mentions first) over the dataset's
 index, and writes ``bench/results/selector_training.json``: the trainable share, examples, steps, examples/s,
 wall time, the loss curve (mean per block of steps), and the LLM's accuracy on a fixed sample of the dev split
-(mentions whose gold is among the options, options in retrieval order) before training, every ``eval_every``
-steps and after, next to the retrieval's H@1 on the same dev mentions.
+(mentions whose gold is among the options; options in retrieval order, and shuffled) before training, every
+``eval_every`` steps and after, next to the retrieval's H@1 on the same dev mentions.
 
     python bench/bench_selector_training.py --dataset richpedia-mel --limit 800
 """
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset, "split": "train", "limit": args.limit,
         "examples": rep["examples"], "example_stats": rep["example_stats"], "steps": rep["steps"],
         "batch_size": rep["batch_size"], "rank": rep["rank"], "target_modules": rep["target_modules"], "lr": rep["lr"],
+        "schedule": rep.get("schedule"), "warmup_steps": rep.get("warmup_steps"), "eos_loss": rep.get("append_eos"),
         "trainable_params": rep["trainable_params"], "total_params": rep["total_params"],
         "trainable_share_pct": round(100 * rep["trainable_share"], 3),
         "train_seconds": rep["train_seconds"], "wall_seconds": round(wall, 1),

@@ -83,11 +83,12 @@ def selection_latency_table(r: dict) -> list[str]:
 
 def tuning_table(t: dict) -> list[str]:
     lines = ["### Selector fusion weight (dev split; H@1 percent by weight w of the LLM)", "",
-             "| dataset | dev mentions | w=0 (retrieval) | best w | H@1 at best | w=1 (LLM only) |",
-             "|---|---|---|---|---|---|"]
+             "| run | method | adapter | dev mentions | w=0 (incoming score) | best w | H@1 at best | w=1 (LLM only) |",
+             "|---|---|---|---|---|---|---|---|"]
     for ds, r in sorted(t.items()):
         best = r["h@1_by_weight"][str(r["best_weight"])]
-        lines.append(f"| {ds} | {r['mentions']} | {_f(r['retrieval_h@1'])} | {r['best_weight']} | {_f(best)} | "
+        lines.append(f"| {ds} | {r.get('method', 'llm-select')} | {r.get('adapter') or 'none (zero-shot)'} | "
+                     f"{r['mentions']} | {_f(r['retrieval_h@1'])} | {r['best_weight']} | {_f(best)} | "
                      f"{_f(r['llm_only_h@1'])} |")
     return lines + [""]
 
@@ -139,25 +140,36 @@ def serving_ab_table(ab: dict) -> list[str]:
 
 def selector_training_table(st: dict) -> list[str]:
     dev = st["dev_accuracy"]
+    before, after = dev.get("before") or {}, dev.get("after") or {}
+
+    def acc(d: dict) -> str:
+        return f"{_f(d.get('accuracy'))} / {_f(d.get('shuffled_accuracy'))}"
+
     lines = ["### Selector training (`mel train selector`, LoRA on SmolLM2-135M, 2 CPU cores)", "",
-             "| dataset | examples | steps x batch | trainable | examples/s | train min | dev: candidates H@1 | "
-             "dev: LLM before | dev: LLM after |", "|---|---|---|---|---|---|---|---|---|",
+             "Dev accuracy of the LLM alone on dev mentions whose gold is among the options: options in retrieval "
+             "order as served / options shuffled (a position prior scores ~20% there; only that figure shows the "
+             "adapter reads the options).", "",
+             "| dataset | examples | steps x batch | LoRA | trainable | lr | examples/s | train min | "
+             "dev: candidates H@1 | dev: LLM before | dev: LLM after |", "|" + "---|" * 11,
              f"| {st['dataset']} | {st['examples']} | {st['steps']} x {st['batch_size']} | "
-             f"{_f(st['trainable_share_pct'], 2)}% | {_f(st['examples_per_s'], 2)} | {_f(st['train_seconds'] / 60)} | "
-             f"{_f(st['dev']['retrieval_h@1_on_examples'])} | {_f((dev.get('before') or {}).get('accuracy'))} | "
-             f"{_f((dev.get('after') or {}).get('accuracy'))} |", ""]
+             f"r={st['rank']} on {'/'.join(m.removesuffix('_proj') for m in st['target_modules'])} | "
+             f"{_f(st['trainable_share_pct'], 2)}% | {st['lr']:g} {st.get('schedule', 'constant')} | "
+             f"{_f(st['examples_per_s'], 2)} | {_f(st['train_seconds'] / 60)} | "
+             f"{_f(st['dev']['retrieval_h@1_on_examples'])} | {acc(before)} | {acc(after)} |", ""]
     if dev.get("by_step"):
-        lines += ["Dev accuracy of the LLM alone by step: " + ", ".join(
-            [f"0: {_f((dev.get('before') or {}).get('accuracy'))}"]
-            + [f"{k}: {_f(v.get('accuracy'))}" for k, v in dev["by_step"].items()]
-            + [f"{st['steps']}: {_f((dev.get('after') or {}).get('accuracy'))}"]), ""]
+        lines += ["By step: " + ", ".join([f"0: {acc(before)}"] + [f"{k}: {acc(v)}" for k, v in dev["by_step"].items()]
+                                         + [f"{st['steps']}: {acc(after)}"]), ""]
+    if st.get("loss_by_block"):
+        lines += ["Training loss (mean per block of steps): " + ", ".join(
+            f"{b['steps']}: {b['mean']:.2f}" for b in st["loss_by_block"]), ""]
     return lines + [f"Command: `{st['command']}`", ""]
 
 
 def main() -> int:
     parts: list[str] = []
     for name, fn in [("accuracy.json", accuracy_table), ("accuracy.json", nil_table),
-                     ("selection_tuning.json", tuning_table), ("selection_latency.json", selection_latency_table),
+                     ("selection_tuning.json", tuning_table), ("unimel_tuning.json", tuning_table),
+                     ("selection_latency.json", selection_latency_table),
                      ("indexing.json", indexing_table),
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
                      ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table)]:

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--workdir", default=str(REPO / "runs" / "bench"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "selection_tuning.json"))
+    ap.add_argument("--label", help="key of the result (default: the dataset name), e.g. 'richpedia-mel-lora'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -77,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                 for m, r in zip(mentions, res)]
         sweep = {str(w): round(h_at_1(rows, w), 2) for w in WEIGHTS}
         best_w = max(WEIGHTS, key=lambda w: (sweep[str(w)], -w))  # ties: the smaller weight
-        results[name] = {"split": args.split, "mentions": len(mentions), "h@1_by_weight": sweep,
-                         "best_weight": best_w, "retrieval_h@1": sweep["0.0"], "llm_only_h@1": sweep["1.0"],
-                         "llm_seconds": round(secs, 1), "candidates_shown": cfg.selection.candidates,
-                         "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype, "method": args.method,
-                         "rerank": cfg.retrieval.rerank.enabled, "sample": args.sample, "seed": args.seed,
-                         "command": "python bench/tune_selection.py " + " ".join(argv or sys.argv[1:])}
-        print(json.dumps({name: results[name]}, indent=1), flush=True)
+        key = args.label or name
+        results[key] = {"dataset": name, "split": args.split, "mentions": len(mentions), "h@1_by_weight": sweep,
+                        "best_weight": best_w, "retrieval_h@1": sweep["0.0"], "llm_only_h@1": sweep["1.0"],
+                        "llm_seconds": round(secs, 1), "candidates_shown": cfg.selection.candidates,
+                        "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype, "method": args.method,
+                        "rerank": cfg.retrieval.rerank.enabled, "sample": args.sample, "seed": args.seed,
+                        "adapter": linker.default_adapter,
+                        "command": "python bench/tune_selection.py " + " ".join(argv or sys.argv[1:])}
+        print(json.dumps({key: results[key]}, indent=1), flush=True)
         write_text_atomic(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     if engine is not None:
         engine.shutdown()

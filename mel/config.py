@@ -445,14 +445,15 @@ class SelectorTrainConfig(Strict):
     rank: int = Field(8, ge=1, le=512, description="LoRA rank r (at most models.llm.max_lora_rank to be served).")
     alpha: int = Field(16, ge=1, description="LoRA alpha (scale alpha/r).")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        description="Linear modules given LoRA weights (vLLM serves LoRA on linear projections only). r=8 on "
-        "q_proj+v_proj trains 0.34% of SmolLM2-135M (the UniMEL paper: ~0.3%).")
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Linear modules given LoRA weights (vLLM serves LoRA on linear projections only). r=8 on the "
+        "four attention projections trains 0.68% of SmolLM2-135M; q_proj+v_proj alone 0.34% (the UniMEL paper: "
+        "~0.3%), which did not learn to read the options within the CPU budget (docs/training.md).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate (peak, after warm-up).")
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate (peak, after warm-up).")
     schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="Learning-rate schedule after warm-up: constant, or cosine decay to lr/10.")
-    warmup_steps: int = Field(0, ge=0, description="Steps of linear learning-rate warm-up from lr/warmup_steps.")
+        "cosine", description="Learning-rate schedule after warm-up: constant, or cosine decay to lr/10.")
+    warmup_steps: int = Field(10, ge=0, description="Steps of linear learning-rate warm-up from lr/warmup_steps.")
     eos_loss: bool = Field(
         False, description="Also put loss on the end-of-turn token after the letter. Off: the loss is on the option "
         "letter alone (the engine's constrained choice reads only the letter's probability).")
