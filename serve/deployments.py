@@ -207,12 +207,14 @@ class _HeldAdapter:
     (``models.llm.max_loras``) decides which adapter weights stay resident."""
 
     def __init__(self, name: str, held: list[str]) -> None:
-        self.name, self._held = name, held
+        self.name, self._held, self._listed = name, held, True
         held.append(name)
 
-    def __del__(self) -> None:
-        if self.name in self._held:
-            self._held.remove(self.name)
+    def __del__(self) -> None:  # called by Serve when it drops the adapter, and by the garbage collector later
+        if self._listed:
+            self._listed = False
+            if self.name in self._held:
+                self._held.remove(self.name)
 
 
 async def gather_batched(metrics: StageMetrics, deployment: str, request_id: str, t0: float,

@@ -336,6 +336,19 @@ def test_ingress_routes_a_request_to_its_adapter_as_a_multiplexed_model(override
     assert not adapters_multiplexed(load_config(None, {"method": "unimel"}))  # no adapters: nothing to route
 
 
+def test_a_replica_lists_the_adapters_it_holds_until_serve_drops_them() -> None:
+    from serve.deployments import _HeldAdapter
+
+    held: list[str] = []
+    a, b = _HeldAdapter("rp", held), _HeldAdapter("wiki", held)
+    assert held == ["rp", "wiki"]
+    a.__del__()  # Serve's multiplexing calls it when it drops the least recently used adapter
+    assert held == ["wiki"]
+    again = _HeldAdapter("rp", held)  # loaded again later
+    a.__del__()  # the garbage collector calls the dropped one's __del__ again: the reloaded one stays listed
+    assert held == ["wiki", "rp"] and b.name == "wiki" and again.name == "rp"
+
+
 def test_select_step_uses_an_adapters_merged_engine_and_lora_otherwise(index_dir: Path) -> None:
     from mel.steps import get_step
 
