@@ -145,7 +145,7 @@ def selector_training_table(st: dict) -> list[str]:
     def acc(d: dict) -> str:
         return f"{_f(d.get('accuracy'))} / {_f(d.get('shuffled_accuracy'))}"
 
-    lines = ["### Selector training (`mel train selector`, LoRA on SmolLM2-135M, 2 CPU cores)", "",
+    lines = [f"### Selector training on {st['dataset']} (`mel train selector`, LoRA on SmolLM2-135M, 2 CPU cores)", "",
              "Dev accuracy of the LLM alone on dev mentions whose gold is among the options: options in retrieval "
              "order as served / options shuffled (a position prior scores ~20% there; only that figure shows the "
              "adapter reads the options).", "",
@@ -172,7 +172,8 @@ def main() -> int:
                      ("selection_latency.json", selection_latency_table),
                      ("indexing.json", indexing_table),
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
-                     ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table)]:
+                     ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table),
+                     ("selector_training_wikimel.json", selector_training_table)]:
         data = _load(name)
         if data:
             parts += fn(data)
