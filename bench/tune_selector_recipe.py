@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         build_examples,
         candidates_before_selection,
         chat_formatter,
-        letter_accuracy,
+        dev_accuracy,
         pick_training_mentions,
     )
 
@@ -89,17 +89,16 @@ def main(argv: list[str] | None = None) -> int:
                                   insert_gold=False)
     dev_shuf, _ = build_examples(dev, dev_c, index.text, index.name, kb_ids, cfg.selection, fmt, shuffle=True,
                                  seed=1, insert_gold=False)
-    in_order, shuffled = letter_accuracy(dev_order), letter_accuracy(dev_shuf)
-    before: dict[str, Any] = {}
+    score = dev_accuracy(dev_order, dev_shuf)
+    base_scores: dict[str, Any] = {}  # every recipe starts from the base model (LoRA B = 0): score it once
 
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:
-        if not before.get("done_once_for_this_recipe") and before.get("result"):
-            before["done_once_for_this_recipe"] = True
-            return before["result"]
-        res = {"in_order": in_order(model, tokenizer)["accuracy"], "shuffled": shuffled(model, tokenizer)["accuracy"]}
-        if "result" not in before:
-            before["result"], before["done_once_for_this_recipe"] = res, True
-        return res
+        if "pending" in base_scores:
+            return base_scores.pop("pending")
+        res = score(model, tokenizer)
+        scores = {"in_order": res["accuracy"], "shuffled": res["shuffled_accuracy"]}
+        base_scores.setdefault("result", scores)
+        return scores
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -111,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                   "machine": "2 CPU cores, fp32 training (torch CPU)"})
     runs = entry.setdefault("recipes", {})
     for r in recipes:
-        before["done_once_for_this_recipe"] = False
+        if "result" in base_scores:  # the first call of this recipe is the "before" of an unchanged base model
+            base_scores["pending"] = base_scores["result"]
         settings = {k: v for k, v in r.items() if k != "name"}
         with tempfile.TemporaryDirectory() as tmp:
             rep = save_lora_adapter(base, str(Path(tmp) / "adapter"), train_pairs=[(e.prompt, e.answer) for e in train],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -96,8 +97,6 @@ def lr_at(step: int, steps: int, lr: float, schedule: str, warmup: int) -> float
         return lr * (step + 1) / warmup
     if schedule == "constant" or steps <= warmup + 1:
         return lr
-    import math
-
     t = (step - warmup) / max(1, steps - warmup - 1)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
