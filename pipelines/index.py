@@ -283,12 +283,13 @@ class RayEmbedder:
 
 
 # ----------------------------------------------------------------------------- shared driver
-def _read_kb(kb_path: str | Path) -> KB:
+def _read_kb(kb_path: str | Path | KB) -> KB:
     from mel.kb.reader import read_kb
 
-    kb = read_kb(kb_path)
+    kb = kb_path if isinstance(kb_path, KB) else read_kb(kb_path)
     if len(kb) == 0:
-        raise InputError("the KB holds no entities; nothing to index", path=str(kb_path))
+        where = (kb.report.source or None) if isinstance(kb_path, KB) else str(kb_path)
+        raise InputError("the KB holds no entities; nothing to index", path=where)
     return kb
 
 
@@ -429,7 +430,7 @@ def _log_done(out: Path, kb: KB, counts: Mapping[str, int], images: bool, second
 
 
 # ----------------------------------------------------------------------------- entry points
-def run_index(kb_path: str | Path, out_dir: str | Path, cfg: Config, *, progress: bool = True) -> Path:
+def run_index(kb_path: str | Path | KB, out_dir: str | Path, cfg: Config, *, progress: bool = True) -> Path:
     """Build the index of the KB at ``kb_path`` into ``out_dir`` with Ray Data; returns ``out_dir``."""
     kb = _read_kb(kb_path)
     # --- faiss at scale: text shards are added to the trained index in parallel Ray tasks (pipelines/faiss_build)
@@ -440,7 +441,7 @@ def run_index(kb_path: str | Path, out_dir: str | Path, cfg: Config, *, progress
     return build_index(kb, out_dir, cfg, RayEmbedder(cfg, progress=progress), assemble_options=parallel)
 
 
-def run_index_local(kb_path: str | Path, out_dir: str | Path, cfg: Config, encoder: TextEncoder | None = None, *,
+def run_index_local(kb_path: str | Path | KB, out_dir: str | Path, cfg: Config, encoder: TextEncoder | None = None, *,
                     image_encoder: ImageEncoder | None = None) -> Path:
     """Build the same artifact as :func:`run_index` in this process, with a plain loop over batches."""
     kb = _read_kb(kb_path)

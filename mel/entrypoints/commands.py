@@ -43,15 +43,25 @@ def index(cfg: Config, *, out: str | None = None, kb: str | None = None, dataset
     if out is None:
         raise InputError("--out is required: the index directory to write")
     kb_path = Path(kb) if kb is not None else _dataset_kb_file(cfg, str(dataset), data_dir)
+    entities: Any = kb_path
+    below = cfg.pipelines.index.local_below
+    if not local and below:
+        from mel.kb.reader import read_kb
+
+        entities = read_kb(kb_path)  # read once; the build reuses it
+        if len(entities) < below:
+            log.info("%d entities, below pipelines.index.local_below=%d: embedding in this process, not on Ray Data",
+                     len(entities), below)
+            local = True
     if local:
         from pipelines.index import run_index_local
 
-        return Path(run_index_local(kb_path, out, cfg))
+        return Path(run_index_local(entities, out, cfg))
     from mel.raylocal import init_ray
     from pipelines.index import run_index
 
     init_ray(cfg.ray)
-    return Path(run_index(kb_path, out, cfg))
+    return Path(run_index(entities, out, cfg))
 
 
 def preflight_index(cfg: Config, index_dir: str) -> None:

@@ -1,6 +1,7 @@
-"""``mel demo``: the main job on a fresh machine. Indexes the KB shipped in ``data/demo`` on Ray Data,
-starts the linking graph on Ray Serve (127.0.0.1), links the example mentions over HTTP, prints each
-answer with its top candidates and the accuracy, shows a refused bad request, and shuts down."""
+"""``mel demo``: the main job on a fresh machine. Indexes the KB shipped in ``data/demo`` (in this process: it
+is below ``pipelines.index.local_below`` in configs/demo.yaml; a larger ``--kb`` goes to Ray Data), starts the
+linking graph on Ray Serve (127.0.0.1), links the example mentions over HTTP, prints each answer with its top
+candidates and the accuracy, shows a refused bad request, and shuts down."""
 
 from __future__ import annotations
 
@@ -100,7 +101,9 @@ def run(config: str | None, overrides: list[str], *, workdir: str | None = None,
     index_dir = work / "index"
 
     try:  # every step inside: Ctrl-C or SIGTERM at any point stops Ray and Serve
-        print(f"== 1/4 indexing {kb} on Ray Data -> {index_dir}", flush=True)
+        below = cfg.pipelines.index.local_below
+        where = "on Ray Data" if not below else f"(in this process below {below} entities, else on Ray Data)"
+        print(f"== 1/4 indexing {kb} {where} -> {index_dir}", flush=True)
         t0 = time.perf_counter()
         commands.index(cfg, out=str(index_dir), kb=str(kb))
         print(f"   done in {time.perf_counter() - t0:.1f}s", flush=True)
