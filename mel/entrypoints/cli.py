@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -353,8 +354,10 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if logging.getLogger().level > logging.DEBUG:
-        for noisy in ("faiss", "httpx", "httpcore"):  # which CPU build faiss loaded, every HTTP call: not news
+        # which CPU build faiss loaded, every HTTP call, where a model was loaded from: not news
+        for noisy in ("faiss", "httpx", "httpcore", "sentence_transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
