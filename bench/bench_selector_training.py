@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset, "split": "train", "limit": args.limit,
         "examples": rep["examples"], "example_stats": rep["example_stats"], "steps": rep["steps"],
         "batch_size": rep["batch_size"], "rank": rep["rank"], "target_modules": rep["target_modules"], "lr": rep["lr"],
+        "init_adapter": rep.get("init_adapter"),
         "schedule": rep.get("schedule"), "warmup_steps": rep.get("warmup_steps"), "eos_loss": rep.get("append_eos"),
         "trainable_params": rep["trainable_params"], "total_params": rep["total_params"],
         "trainable_share_pct": round(100 * rep["trainable_share"], 3),

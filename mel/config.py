@@ -478,6 +478,10 @@ class SelectorTrainConfig(Strict):
         "always first: the adapter must read the options (serving keeps the retrieval order; fusion with the "
         "incoming score carries the rank prior).")
     seed: int = Field(0, description="Seed of the sample, option order, batch order and LoRA init.")
+    init_adapter: str | None = Field(
+        None, description="Start from this adapter folder's LoRA weights instead of zero: e.g. one trained on "
+        "another KB, fine-tuned for yours (reading the options carries over). Same base model, rank, alpha and "
+        "target modules, or refused. Recorded in the new adapter's manifest; dev 'before' scores it.")
     checkpoint_every: int = Field(50, ge=0, description="Save a checkpoint every this many steps (0: none).")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept.")
     log_every: int = Field(10, ge=1, description="Log loss, examples/s and ETA every this many steps.")

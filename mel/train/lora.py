@@ -144,6 +144,46 @@ def _write_checkpoint(ckpt_root: Path, model: Any, optim: Any, state: dict[str, 
     return final
 
 
+def _load_init_adapter(model: Any, path: str, *, fingerprint: str, rank: int, alpha: int,
+                       target_modules: Sequence[str]) -> dict[str, str]:
+    """Load the LoRA weights of the adapter folder ``path`` into the fresh peft ``model``; refuse an adapter made
+    for another base model or with another shape. Returns what the new adapter records of it."""
+    import hashlib
+
+    from peft import set_peft_model_state_dict
+
+    from mel.errors import ArtifactMismatch
+    from mel.llm.adapters import ADAPTER_WEIGHTS, check_lora_adapter
+
+    src = Path(path).expanduser().resolve()
+    acfg = check_lora_adapter(src, max_rank=1 << 30, base_fingerprint=fingerprint)  # shape checked below
+    theirs = {"rank": acfg.get("r"), "alpha": acfg.get("lora_alpha"),
+              "target_modules": sorted(acfg.get("target_modules") or [])}
+    ours = {"rank": rank, "alpha": alpha, "target_modules": sorted(target_modules)}
+    differ = sorted(k for k in ours if theirs[k] != ours[k])
+    if differ:
+        raise ArtifactMismatch(f"init adapter {src} has other {', '.join(differ)} than this training "
+                               f"({', '.join(f'{k}={theirs[k]} vs {ours[k]}' for k in differ)}); set the training's "
+                               "rank, alpha and target_modules to the adapter's, or start from zero")
+    weights = next(src / w for w in ADAPTER_WEIGHTS if (src / w).is_file())
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        import torch
+
+        state = torch.load(weights, weights_only=True)
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ArtifactMismatch(f"init adapter {src}: weights this model has no place for ({unexpected[:3]}...); "
+                               "was it made for another architecture?")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    log.info("LoRA weights initialised from %s (%s)", src, digest)
+    return {"path": str(src), "weights_sha256": digest}
+
+
 def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha: int = 16,
                       target_modules: Sequence[str] = DEFAULT_TARGETS,
                       train_pairs: list[tuple[str, str]] | None = None, steps: int = 0, lr: float = 1e-4,
@@ -152,7 +192,8 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
                       checkpoint_every: int = 0, keep_checkpoints: int = 2, resume: bool = False,
                       log_every: int = 10, extra_meta: dict[str, Any] | None = None,
                       evaluate: Callable[[Any, Any], dict[str, Any]] | None = None,
-                      eval_every: int = 0, schedule: str = "constant", warmup_steps: int = 0) -> dict[str, Any]:
+                      eval_every: int = 0, schedule: str = "constant", warmup_steps: int = 0,
+                      init_adapter: str | None = None) -> dict[str, Any]:
     """Create (and with ``steps > 0`` train) a LoRA adapter on ``base_model_dir``; save it to ``out_dir``.
 
     Step ``s`` trains on the batch :func:`_batch_indices` gives (consecutive pairs, cycling; a seeded permutation
@@ -165,6 +206,9 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
     trainable/total parameters and their share, per-step losses, settings (also saved as ``mel_adapter.json``,
     with ``extra_meta`` merged in). ``evaluate(model, tokenizer)``: called on the fresh adapter (equal to the base
     model: LoRA starts at zero) and on the trained one; its results are saved as ``evaluation.before`` / ``.after``.
+    ``init_adapter``: start from this adapter's weights instead of zero (e.g. one trained on another KB: the skill
+    of reading the options carries over); it must have been made on the same base model with the same rank, alpha
+    and target modules. It is recorded (path and weights hash), and "before" then scores it.
     """
     pairs = _check_pairs(train_pairs, steps)
     if rank < 1 or alpha <= 0 or lr <= 0 or batch_size < 1:
@@ -211,6 +255,9 @@ def save_lora_adapter(base_model_dir: str, out_dir: str, *, rank: int = 8, alpha
                 "lr": lr, "seed": seed, "batch_size": batch_size, "dropout": dropout, "append_eos": append_eos,
                 "shuffle": shuffle, "pairs_hash": pairs_hash(pairs), "train_pairs": len(pairs), "schedule": schedule,
                 "warmup_steps": warmup_steps}
+    if init_adapter is not None:
+        settings["init_adapter"] = _load_init_adapter(model, init_adapter, fingerprint=fingerprint, rank=rank,
+                                                      alpha=alpha, target_modules=target_modules)
 
     evaluation: dict[str, Any] = {}
     if evaluate is not None:

@@ -318,4 +318,5 @@ def train_selector(cfg: Config, *, index_dir: str, out: str, dataset: str | None
         checkpoint_dir=str(out_path.parent / f"{out_path.name}.checkpoints"), checkpoint_every=tcfg.checkpoint_every,
         keep_checkpoints=tcfg.keep_checkpoints, resume=resume, log_every=tcfg.log_every, extra_meta=meta,
         evaluate=dev_accuracy(dev_examples, dev_shuffled) if dev_examples else None, eval_every=tcfg.eval_every,
-        schedule=tcfg.schedule, warmup_steps=tcfg.warmup_steps, append_eos=tcfg.eos_loss)
+        schedule=tcfg.schedule, warmup_steps=tcfg.warmup_steps, append_eos=tcfg.eos_loss,
+        init_adapter=tcfg.init_adapter)

@@ -66,3 +66,27 @@ def test_a_freshly_trained_adapter_loads_in_vllm_and_changes_answers(selector_ad
     (tuned,) = vllm_engine.choose([prompt], [letters], lora=LoRASpec("fresh-selector", selector_adapter))
     assert tuned.label in letters and tuned.probs is not None
     assert tuned.probs != base.probs, "the trained adapter should change the distribution"
+
+
+def test_training_can_start_from_another_adapter(lora_adapter: str, llm_dir: str, tmp_path: Path) -> None:
+    """`train.selector.init_adapter`: the new adapter starts from the given weights (e.g. trained on another KB),
+    records where they came from, and an adapter of another shape is refused before training."""
+    from safetensors.torch import load_file
+
+    from mel.errors import ArtifactMismatch
+    from mel.train.lora import save_lora_adapter
+
+    copy = save_lora_adapter(llm_dir, str(tmp_path / "copy"), rank=8, alpha=16, init_adapter=lora_adapter)
+    ours, theirs = (load_file(str(Path(d) / "adapter_model.safetensors")) for d in (copy["path"], lora_adapter))
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+    assert any(v.abs().sum() > 0 for k, v in ours.items() if "lora_B" in k)  # not the zero init
+    assert copy["init_adapter"]["path"] == str(Path(lora_adapter).resolve())
+    assert len(copy["init_adapter"]["weights_sha256"]) == 16
+    pairs = [("Which letter? A or B", "A")]
+    tuned = save_lora_adapter(llm_dir, str(tmp_path / "tuned"), rank=8, alpha=16, init_adapter=lora_adapter,
+                              train_pairs=pairs, steps=1, lr=1e-3)
+    after = load_file(str(Path(tuned["path"]) / "adapter_model.safetensors"))
+    assert any(not (after[k] == theirs[k]).all() for k in after)
+    with pytest.raises(ArtifactMismatch, match="rank"):
+        save_lora_adapter(llm_dir, str(tmp_path / "r4"), rank=4, alpha=16, init_adapter=lora_adapter)
+    assert not (tmp_path / "r4").exists()
