@@ -84,7 +84,13 @@ class IndexConfig(Strict):
     metric: Literal["ip", "l2"] = Field("ip", description="'ip' (cosine on normalised vectors) or 'l2'.")
     entity_template: str = Field(
         "{name}. {attributes}",
-        description="Entity text embedded for retrieval; fields: {name} {aliases} {description} {attributes}.")
+        description="Entity text embedded for retrieval (and shown to re-ranking and selection); fields: {name} "
+        "{aliases} {description} {attributes} {summary} (the entity's LLM summary from index.summaries; an entity "
+        "without one gets its description).")
+    summaries: str | None = Field(
+        None, description="Entity summaries artifact (`mel augment entities --out DIR`) joined by entity id into "
+        "{summary} of entity_template (`mel index --summaries DIR` sets it). The index manifest records the "
+        "artifact's hash; linking with an index built from other summaries (or none) is refused.")
     nprobe: int | None = Field(
         None, ge=1, description="IVF lists probed per query (IVF indexes only). At build: None picks nlist/64 "
         "(8..256) and records it in the manifest; at load: None uses the recorded value, a number overrides it.")
@@ -498,6 +504,54 @@ class TrainConfig(Strict):
                                           description="`mel train selector` (LoRA multiple-choice selector).")
 
 
+class EntitySummariesConfig(Strict):
+    """`mel augment entities`: an LLM (models.llm) summarises each entity (UniMEL), as a Ray Data job."""
+
+    system: str = Field(
+        "You write short, factual encyclopedia summaries of knowledge-base entities.",
+        description="System message of the summary prompt ('' for none). Part of every summary's cache key.")
+    prompt: str = Field(
+        "Entity: {name}\nAlso known as: {aliases}\nDescription: {description}\nFacts: {attributes}\n"
+        "Write a one-sentence summary of this entity: what it is and what sets it apart.",
+        description="User message of the summary prompt; fields {name} {aliases} {description} {attributes} "
+        "(attributes as 'key: value.' text). A line whose fields all render empty is left out. Part of the key.")
+    max_tokens: int = Field(48, ge=1, le=1024, description="Most tokens generated per summary (greedy decoding).")
+    max_input_chars: int = Field(
+        1000, ge=50, le=100_000, description="Characters kept of an entity's description and of its attributes "
+        "text (each, cut at a word boundary), so that the prompt fits models.llm.max_model_len.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts per engine call (a Ray Data batch); each finished "
+                            "batch is written as one staging shard at once (what an interrupted run keeps).")
+    workers: int = Field(1, ge=1, le=1024, description="vLLM engine actors in the Ray Data actor pool (each loads "
+                         "the model; on GPUs one per GPU).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per engine actor.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs reserved per engine actor (fractions allowed).")
+    keep_staging: bool = Field(False, description="Keep the staging shards ('<out>.staging') after the artifact is "
+                               "published (default: deleted; the artifact holds every row).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_fields(cls, v: str) -> str:
+        return _check_template(v, {"name", "aliases", "description", "attributes"})
+
+
+class AugmentConfig(Strict):
+    entities: EntitySummariesConfig = Field(default_factory=EntitySummariesConfig,
+                                            description="`mel augment entities`: LLM entity summaries.")
+
+
+def _check_template(v: str, allowed: set[str]) -> str:
+    import string
+
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+    except ValueError as e:
+        raise ValueError(f"not a valid template ({e}); write literal braces as '{{{{' and '}}}}'") from None
+    bad = sorted(used - allowed)
+    if bad:
+        raise ValueError(f"unknown field(s) {bad}; allowed: {sorted(allowed)}")
+    return v
+
+
 # ----------------------------------------------------------------------------- root
 class Config(Strict):
     method: str = Field("llm-select", description="Registered linking method ('retrieval', 'llm-select'); checked "
@@ -518,6 +572,8 @@ class Config(Strict):
     pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig, description="Ray Data jobs.")
     submit: SubmitConfig = Field(default_factory=SubmitConfig, description="`mel submit`: jobs on a Ray cluster.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="`mel train ...`: training runs.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="`mel augment ...`: LLM-generated "
+                                   "texts (entity summaries).")
 
     def hash(self) -> str:
         """Stable hash of the settings (used in artifact manifests)."""

@@ -68,6 +68,9 @@ def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text
             index_dir, expect_encoder_id=text_encoder.id, expect_dim=text_encoder.dim,
             expect_image_encoder_id=image_encoder.id if image_encoder is not None else None,
             nprobe=cfg.index.nprobe, use_gpu=cfg.index.use_gpu)
+        from mel.augment.entity import check_index_summaries
+
+        check_index_summaries(index.manifest.summaries, cfg.index.summaries, index_dir)
     if "llm" in needs and engine is None:
         from mel.llm import build_llm_engine
 

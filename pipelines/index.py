@@ -298,6 +298,27 @@ def _manifest_fields(cfg: Config, encoder_id: str) -> dict[str, Any]:
             "metric": cfg.index.metric, "entity_template": cfg.index.entity_template}
 
 
+def _join_summaries(cfg: Config, kb: KB) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+    """Entity summaries (``index.summaries``, `mel index --summaries DIR`) joined to ``kb`` for {summary} of the
+    entity template: (entity id -> current summary, the manifest's record of them), or (None, None)."""
+    if cfg.index.summaries is None:
+        return None, None
+    from mel.augment.base import template_fields
+    from mel.augment.entity import load_summaries
+    from mel.errors import ConfigError
+
+    if "summary" not in template_fields(cfg.index.entity_template):
+        raise ConfigError(f"entity summaries {cfg.index.summaries} are given, but index.entity_template "
+                          f"{cfg.index.entity_template!r} has no {{summary}} field to put them in")
+    loaded = load_summaries(cfg.index.summaries)
+    joined = loaded.join(kb)
+    if joined.fallback:
+        log.warning("entity summaries %s: %d of %d entities have none (%d missing, %d stale: their input changed); "
+                    "they get their description in {summary} (rerun `mel augment entities` to add them)",
+                    loaded.path, joined.fallback, len(kb), joined.missing, joined.stale)
+    return joined.summaries, loaded.record(joined)
+
+
 @dataclass
 class FillStats:
     """Where the rows of one shard kind came from in this run."""
@@ -371,9 +392,10 @@ def build_index(kb: KB, out_dir: str | Path, cfg: Config, embedder: Embedder, *,
     if parent is not None:
         parent.check_encoders(encoder_id=text_id, dim=dim, entity_template=template,
                               image_encoder_id=image[0] if image else None)
+    summaries, summaries_record = _join_summaries(cfg, kb)
     staging = staging_dir_for(out, p.staging_dir)
     with staging_lock(staging):
-        ids, texts = kb.ids, entity_texts(kb, template)
+        ids, texts = kb.ids, entity_texts(kb, template, summaries)
         ranges = plan_ranges(TEXT, text_fingerprints(ids, texts), p.shard_rows, encoder_id=text_id, dim=dim,
                              salt=template)
         stores = [ShardStore(staging, TEXT, ranges, text_id, dim)]
@@ -408,9 +430,11 @@ def build_index(kb: KB, out_dir: str | Path, cfg: Config, embedder: Embedder, *,
         all_counts.update(counts or {})
         with atomic_dir(out) as tmp:
             link_files([f for s in stores for f in s.files()], tmp / SHARDS)
-            assemble_index_dir(tmp, kb, tmp / SHARDS, _manifest_fields(cfg, text_id), image_encoder_id=image_id,
+            fields = {**_manifest_fields(cfg, text_id), "summaries": summaries_record}
+            assemble_index_dir(tmp, kb, tmp / SHARDS, fields, image_encoder_id=image_id,
                                images_missing=len(kb.report.missing_images) + unreadable, counts=all_counts,
-                               version=version, parent=lineage, **{"index_cfg": cfg.index, **(assemble_options or {})})
+                               version=version, parent=lineage, summaries=summaries,
+                               **{"index_cfg": cfg.index, **(assemble_options or {})})
         from mel.index.update import publish
 
         publish(out)

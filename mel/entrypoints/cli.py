@@ -54,8 +54,18 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     out = commands.index(cfg, out=args.out, kb=args.kb, dataset=args.dataset, data_dir=args.data_dir,
-                         local=args.local, update=args.update, base=args.base)
+                         local=args.local, update=args.update, base=args.base, summaries=args.summaries)
     print(f"index {'version ' if args.update else ''}written to {out}")
+    return 0
+
+
+def cmd_augment_entities(args: argparse.Namespace) -> int:
+    from mel.entrypoints import commands
+
+    cfg = _cfg(args)
+    report = commands.augment_entities(cfg, out=args.out, kb=args.kb, dataset=args.dataset, data_dir=args.data_dir,
+                                       local=args.local, limit=args.limit, ids_file=args.ids)
+    print(report.summary())
     return 0
 
 
@@ -234,7 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="index directory to write (appears only when complete; a vNNNN directory also "
                    "updates CURRENT beside it). Required, except with --update: default the next vNNNN beside --from")
     s.add_argument("--local", action="store_true", help="single process, no Ray (small KBs, debugging)")
+    s.add_argument("--summaries", metavar="DIR", help="entity summaries (`mel augment entities --out DIR`) for "
+                   "{summary} of index.entity_template; recorded in the manifest (sets index.summaries)")
     s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("augment", help="LLM-generated texts (UniMEL): entity summaries, as a resumable Ray Data job")
+    au = s.add_subparsers(dest="augment_command", required=True)
+    a = au.add_parser("entities", help="summarise each entity with models.llm (augment.entities); "
+                      "`mel index --summaries DIR` embeds the summaries")
+    _common(a)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--kb", help="KB file (JSONL or Parquet) or a directory holding entities.jsonl/.parquet")
+    src.add_argument("--dataset", help="a benchmark dataset name (its KB is summarised), e.g. richpedia-mel")
+    a.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
+    a.add_argument("--out", required=True, help="summaries artifact directory (appears only when complete; a rerun "
+                   "into it generates only entities whose prompt or model changed or that it lacks)")
+    a.add_argument("--limit", type=int, help="summarise only the first N entities (of --ids when given)")
+    a.add_argument("--ids", metavar="FILE", help="summarise only these entities (one id per line)")
+    a.add_argument("--local", action="store_true", help="in this process, no Ray")
+    a.set_defaults(func=cmd_augment_entities)
 
     s = sub.add_parser("serve", help="run the linking graph on Ray Serve (127.0.0.1 by default)")
     _common(s)

@@ -28,10 +28,13 @@ def _dataset_kb_file(cfg: Config, dataset: str, data_dir: str | None) -> Path:
 
 def index(cfg: Config, *, out: str | None = None, kb: str | None = None, dataset: str | None = None,
           data_dir: str | None = None, local: bool = False, update: str | None = None,
-          base: str | None = None) -> Path:
-    """Build an index (``kb`` or ``dataset``), or update one (``update`` = a KB delta applied to ``base``)."""
+          base: str | None = None, summaries: str | None = None) -> Path:
+    """Build an index (``kb`` or ``dataset``), or update one (``update`` = a KB delta applied to ``base``).
+    ``summaries``: entity summaries joined into {summary} of the entity template (sets ``index.summaries``)."""
     if sum(x is not None for x in (kb, dataset, update)) != 1:
         raise InputError("give exactly one of --kb, --dataset or --update")
+    if summaries is not None:
+        cfg = cfg.model_copy(update={"index": cfg.index.model_copy(update={"summaries": summaries})})
     if update is not None:
         if base is None:
             raise InputError("--update needs --from: the index directory (or versioned root) to update")
@@ -64,6 +67,60 @@ def index(cfg: Config, *, out: str | None = None, kb: str | None = None, dataset
     return Path(run_index(entities, out, cfg))
 
 
+def augment_entities(cfg: Config, *, out: str, kb: str | None = None, dataset: str | None = None,
+                     data_dir: str | None = None, local: bool = False, limit: int | None = None,
+                     ids_file: str | None = None) -> Any:
+    """`mel augment entities`: LLM summaries of the KB's entities into the artifact ``out`` (Ray Data unless
+    ``local``). ``limit`` (the first N entities) and ``ids_file`` (one entity id per line) restrict what is
+    generated; summaries made earlier for other entities stay in the artifact."""
+    if (kb is None) == (dataset is None):
+        raise InputError("give exactly one of --kb or --dataset")
+    from mel.kb.reader import read_kb
+
+    entities = read_kb(Path(kb) if kb is not None else _dataset_kb_file(cfg, str(dataset), data_dir))
+    only: list[str] | None = None
+    if ids_file is not None:
+        only = read_id_list(ids_file)
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be >= 1, got {limit}")
+        only = (only if only is not None else entities.ids)[:limit]
+    if local:
+        from pipelines.augment import run_summaries
+
+        return run_summaries(entities, out, cfg, local=True, only=only)
+    import ray
+
+    from mel.raylocal import init_ray, shutdown_ray
+    from pipelines.augment import run_summaries
+
+    ours = not ray.is_initialized()  # a Ray this call starts is stopped when it ends (also on SIGTERM)
+    init_ray(cfg.ray)
+    try:
+        return run_summaries(entities, out, cfg, only=only)
+    finally:
+        if ours:
+            shutdown_ray()
+
+
+def read_id_list(path: str) -> list[str]:
+    """Entity ids, one per line ('#' comments and blank lines skipped); errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such file", path=str(p))
+    ids: list[str] = []
+    for n, line in enumerate(p.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        if any(c.isspace() for c in item):
+            raise InputError(f"one entity id per line, got {item!r}", path=str(p), line=n)
+        ids.append(item)
+    if not ids:
+        raise InputError("no entity ids in the file", path=str(p))
+    return ids
+
+
 def preflight_index(cfg: Config, index_dir: str) -> None:
     """Refuse, before anything is deployed, an index that is missing, incomplete, or was built with an
     encoder other than the configured one (cheap: resolves model ids without loading models)."""
@@ -76,6 +133,9 @@ def preflight_index(cfg: Config, index_dir: str) -> None:
     cache = cfg.models.cache_path()
     text_id = model_id(te.model, resolve_model(te.model, kind="text", cache_dir=cache))
     check_compatible(art.manifest, encoder_id=text_id, dim=None, metric=cfg.index.metric, where=str(index_dir))
+    from mel.augment.entity import check_index_summaries
+
+    check_index_summaries(art.manifest.summaries, cfg.index.summaries, index_dir)
     from mel.methods import method_needs
 
     if "llm" in method_needs(cfg):  # adapters trained for another KB, or another base model, are refused here
@@ -316,6 +376,9 @@ def ensure_dataset_index(cfg: Config, dataset: Any, index_dir: str, data_dir: st
     if m.kb_hash != dataset.kb.content_hash():
         raise ArtifactMismatch(f"{p}: index was built from KB {m.kb_hash}, but dataset {dataset.name!r} has KB "
                                f"{dataset.kb.content_hash()}; rebuild with `mel index --dataset {dataset.name}`")
+    from mel.augment.entity import check_index_summaries
+
+    check_index_summaries(m.summaries, cfg.index.summaries, p)
 
 
 def link_in_batches(linker: Any, mentions: list[Any], batch_size: int, progress: bool = True) -> list[Any]:

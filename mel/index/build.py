@@ -54,12 +54,14 @@ MANIFEST_FIELDS = ("encoder_id", "config_hash", "factory", "metric", "entity_tem
 
 
 # ----------------------------------------------------------------------------- entity table
-def entity_texts(kb: KB, template: str) -> list[str]:
-    """The text embedded for each entity, in KB order (row = position)."""
-    return [entity_text(e, template) for e in kb.entities]
+def entity_texts(kb: KB, template: str, summaries: Mapping[str, str] | None = None) -> list[str]:
+    """The text embedded for each entity, in KB order (row = position). ``summaries`` (entity id -> LLM summary,
+    see mel.augment.entity) fill the template's {summary}; an entity without one gets its description."""
+    summaries = summaries or {}
+    return [entity_text(e, template, summaries.get(e.id)) for e in kb.entities]
 
 
-def entity_table(kb: KB, template: str) -> pa.Table:
+def entity_table(kb: KB, template: str, summaries: Mapping[str, str] | None = None) -> pa.Table:
     import pyarrow as pa
 
     if len(kb) == 0:
@@ -75,7 +77,7 @@ def entity_table(kb: KB, template: str) -> pa.Table:
         "attributes": pa.array([json.dumps(e.attributes, ensure_ascii=False) for e in ents],
                                pa.string()),
         "images": pa.array([list(e.images) for e in ents], pa.list_(pa.string())),
-        "text": pa.array(entity_texts(kb, template), pa.string()),
+        "text": pa.array(entity_texts(kb, template, summaries), pa.string()),
     })
 
 
@@ -209,7 +211,8 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
                        image_encoder_id: str | None = None, images_missing: int = 0,
                        counts: Mapping[str, int] | None = None, version: int = 1,
                        parent: Mapping[str, Any] | None = None, index_cfg: IndexConfig | None = None,
-                       parallel_add: ParallelAdd | None = None) -> Manifest:
+                       parallel_add: ParallelAdd | None = None,
+                       summaries: Mapping[str, str] | None = None) -> Manifest:
     """Turn embedding shards into a complete index directory; the manifest is written last.
 
     ``manifest_fields`` must hold encoder_id, config_hash, factory, metric, entity_template.
@@ -219,7 +222,9 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
     ``parent`` record the lineage (1 and None for a full build; see mel.index.update).
     ``index_cfg`` holds the knobs of factory 'auto', search shards, on-disk merge and GPU use (defaults when
     None); ``parallel_add`` (e.g. pipelines.faiss_build.RayParallelAdd) adds the text shards in parallel.
-    The manifest records the resolved factory string and ``index_params``.
+    The manifest records the resolved factory string and ``index_params``. ``summaries`` (entity id -> summary)
+    fill {summary} in the entity table's texts, as they did in the embedded ones; ``manifest_fields["summaries"]``
+    (optional) is the manifest's record of them.
     """
     import faiss
     import pyarrow.parquet as pq
@@ -236,7 +241,7 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
     encoder_id = str(manifest_fields["encoder_id"])
     factory, metric = str(manifest_fields["factory"]), str(manifest_fields["metric"])
 
-    pq.write_table(entity_table(kb, str(manifest_fields["entity_template"])), out / ENTITIES)
+    pq.write_table(entity_table(kb, str(manifest_fields["entity_template"]), summaries), out / ENTITIES)
     text = text_vectors_from_shards(shards, kb, encoder_id)
     _save_npy(out / TEXT_VECTORS, text)
     from mel.index.faiss_ops import write_text_index  # text index: plan, train once, add (parallel), merge
@@ -262,6 +267,7 @@ def assemble_index_dir(out_dir: str | Path, kb: KB, shards_dir: str | Path, mani
                 "image_vectors": n_img, "images_missing": int(images_missing)},
         image_encoder_id=image_encoder_id, image_dim=image_dim, files=file_sizes(out), version=int(version),
         parent=dict(parent) if parent is not None else None, index_params=index_params,
+        summaries=dict(manifest_fields["summaries"]) if manifest_fields.get("summaries") else None,
     )
     _fsync_dir(out)
     write_manifest(out, manifest)

@@ -48,6 +48,9 @@ class Manifest:
     """How the text index was made and is searched: resolved factory parameters (nlist, nprobe, hnsw_m,
     ef_search, pq_m, ...), training sample, search shards (file + position range), on-disk lists, device.
     Empty for indexes made before it existed (one text.faiss, searched as it was saved)."""
+    summaries: dict[str, Any] | None = None
+    """The entity summaries joined into {summary} of the entity template (mel.augment.entity): artifact ``hash``,
+    ``path``, ``llm_id``, ``prompt_hash``, entities ``with_summary``, ``missing``, ``stale``; None: none used."""
     format_version: int = FORMAT_VERSION
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -57,13 +60,13 @@ class Manifest:
 
 _REQUIRED = {f.name for f in fields(Manifest)
              if f.name not in ("image_encoder_id", "image_dim", "files", "version", "parent",
-                                 "index_params")}
+                                 "index_params", "summaries")}
 _TYPES: dict[str, tuple[type, ...]] = {
     "encoder_id": (str,), "dim": (int,), "metric": (str,), "factory": (str,), "kb_hash": (str,),
     "config_hash": (str,), "entity_template": (str,), "counts": (dict,), "image_encoder_id": (str, type(None)),
     "image_dim": (int, type(None)), "files": (dict,), "format_version": (int,), "created_at": (str,),
     "version": (int,), "parent": (dict, type(None)),
-    "index_params": (dict,),
+    "index_params": (dict,), "summaries": (dict, type(None)),
 }
 
 

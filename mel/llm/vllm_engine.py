@@ -85,6 +85,11 @@ class VLLMEngine:
         return self._id
 
     @property
+    def fingerprint(self) -> str:
+        """Architecture fingerprint of the served model (mel.models.fingerprint)."""
+        return self._fingerprint
+
+    @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
