@@ -159,10 +159,28 @@ def selector_training_table(st: dict) -> list[str]:
     if dev.get("by_step"):
         lines += ["By step: " + ", ".join([f"0: {acc(before)}"] + [f"{k}: {acc(v)}" for k, v in dev["by_step"].items()]
                                          + [f"{st['steps']}: {acc(after)}"]), ""]
+    if st.get("init_adapter"):
+        lines += [f"Started from the adapter `{st['init_adapter']['path']}` (weights "
+                  f"{st['init_adapter']['weights_sha256']}; `train.selector.init_adapter`): \"before\" scores it.", ""]
     if st.get("loss_by_block"):
         lines += ["Training loss (mean per block of steps): " + ", ".join(
             f"{b['steps']}: {b['mean']:.2f}" for b in st["loss_by_block"]), ""]
     return lines + [f"Command: `{st['command']}`", ""]
+
+
+def augment_table(a: dict) -> list[str]:
+    s, big = a["sizes"]
+    lines = [f"### Entity summaries (`mel augment entities`) on {a['dataset']}, 2 CPU cores", "",
+             f"{a['llm']}, greedy, at most {a['max_tokens']} tokens, {a['batch_size']} prompts per engine call. Rate: "
+             f"marginal, ({big} - {s}) / (t{big} - t{s}), so engine start-up is taken out; wall: the {big}-entity run.",
+             "", "| how | entities/s | wall s, " + str(big) + " entities |", "|---|---|---|",
+             f"| Ray Data job, 1 engine actor | {_f(a['ray_entities_per_s'], 2)} | {_f(a['ray_wall_s_' + str(big)])} |",
+             f"| plain loop over the same engine, in process | {_f(a['loop_entities_per_s'], 2)} | "
+             f"{_f(a['loop_wall_s_' + str(big)])} |", "",
+             f"Ray / loop: {a['ray_over_loop']:.2f}. Projected for whole KBs here: " + ", ".join(
+                 f"{k} ({a['kb_entities'][k]:,} entities) {v:g} h" for k, v in a["projected_hours_here"].items()) + ".",
+             "", f"Command: `{a['command']}`", ""]
+    return lines
 
 
 def main() -> int:
@@ -173,7 +191,7 @@ def main() -> int:
                      ("indexing.json", indexing_table),
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
                      ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table),
-                     ("selector_training_wikimel.json", selector_training_table)]:
+                     ("selector_training_wikimel.json", selector_training_table), ("augment.json", augment_table)]:
         data = _load(name)
         if data:
             parts += fn(data)

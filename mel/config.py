@@ -534,9 +534,40 @@ class EntitySummariesConfig(Strict):
         return _check_template(v, {"name", "aliases", "description", "attributes"})
 
 
+class MentionDescriptionsConfig(Strict):
+    """UniMEL's mention descriptions: the ``describe`` step of the ``unimel`` method (off by default) asks
+    models.llm what each mention refers to, from its surface and context, and adds the answer to the mention's
+    context for retrieval and/or selection."""
+
+    enabled: bool = Field(False, description="Run the `describe` step in the methods that declare it (unimel).")
+    system: str = Field("You explain what a mention in a text refers to.",
+                        description="System message of the description prompt ('' for none). Part of the key.")
+    prompt: str = Field(
+        "Mention: {surface}\nContext: {context}\nIn one sentence, describe what \"{surface}\" refers to in this "
+        "context.", description="User message of the description prompt; fields {surface} {context}. Part of the "
+        "cache key.")
+    max_tokens: int = Field(40, ge=1, le=1024, description="Most tokens generated per description (greedy).")
+    max_context_chars: int = Field(600, ge=20, le=100_000, description="Characters of the mention's context kept "
+                                   "in the prompt (cut at a word boundary).")
+    in_retrieval: bool = Field(True, description="Append the description to the context that retrieval and "
+                               "re-ranking embed/score (retrieval.mention_template's {context}).")
+    in_selection: bool = Field(True, description="Append the description to the context the LLM selector is shown.")
+    cache_dir: str | None = Field(
+        None, description="Cache of descriptions keyed by mention id and a hash of the model, prompt and mention "
+        "text (Parquet shards, written per batch): evaluations and ablations reuse them instead of generating "
+        "again. None: no cache.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_fields(cls, v: str) -> str:
+        return _check_template(v, {"surface", "context"})
+
+
 class AugmentConfig(Strict):
     entities: EntitySummariesConfig = Field(default_factory=EntitySummariesConfig,
                                             description="`mel augment entities`: LLM entity summaries.")
+    mentions: MentionDescriptionsConfig = Field(default_factory=MentionDescriptionsConfig,
+                                                description="The `describe` step: LLM mention descriptions.")
 
 
 def _check_template(v: str, allowed: set[str]) -> str:

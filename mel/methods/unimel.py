@@ -4,8 +4,11 @@ LoRA-tuned as a multiple-choice selector (``mel train selector``), picks among t
 Its score is the selector's fusion ``(1 - w) * re-ranked + w * P(option)`` (``selection.fusion_weight``, tuned on
 dev): both parts lie in [0, 1], so ``nil.threshold`` applies to a probability-like score. The adapter used when a
 request names none is ``methods.unimel.adapter`` (a name in ``selection.adapters``), else
-``selection.lora_adapter``; ``configs/unimel.yaml`` turns re-ranking on. Entity summaries and mention descriptions
-(UniMEL's augmentation) are a later part.
+``selection.lora_adapter``; ``configs/unimel.yaml`` turns re-ranking on.
+
+UniMEL's augmentation: entity summaries are embedded by the index (`mel augment entities`, `mel index --summaries`);
+the ``describe`` step (off unless ``augment.mentions.enabled``) asks the LLM what the mention refers to and shows
+the answer in the mention's context to retrieval/re-ranking and/or the selector.
 """
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +24,8 @@ class UnimelSettings(BaseModel):
 
 
 register_method(MethodSpec(
-    "unimel", ("retrieve", "rerank", "select", "nil"),
-    "UniMEL: retrieval, cross-encoder re-ranking, then the LoRA-tuned LLM picks one candidate (multiple choice)",
+    "unimel", ("describe", "retrieve", "rerank", "select", "nil"),
+    "UniMEL: (an LLM describes the mention,) retrieval, cross-encoder re-ranking, then the LoRA-tuned LLM picks one "
+    "candidate (multiple choice)",
     UnimelSettings,
     score="(1 - w) x the re-ranked score + w x the LoRA selector probability of the chosen option, both in [0, 1]"))

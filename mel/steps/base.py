@@ -61,6 +61,19 @@ class MentionState:
     texts: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     result: LinkResult | None = None
+    description: str | None = None
+    """What the mention refers to, in the words of an LLM (the ``describe`` step)."""
+    description_in: tuple[str, ...] = ()
+    """Where later steps show the description: "retrieval" (retrieval and re-ranking), "selection"."""
+
+    def view(self, use: str) -> Mention:
+        """The mention as a step of kind ``use`` ("retrieval" or "selection") shows it: with the description
+        appended to its context where the describe step asked for it."""
+        if self.description and use in self.description_in:
+            from mel.augment.mention import with_description
+
+            return with_description(self.mention, self.description)
+        return self.mention
 
 
 class Step:

@@ -38,7 +38,7 @@ class RerankStep(Step):
                                  entity_passages(parts.require("index", self.name), rcfg.entity_template))
 
     def run(self, states: list[MentionState]) -> list[MentionState]:
-        cands = self.reranker.rerank([s.mention for s in states], [s.candidates for s in states])
+        cands = self.reranker.rerank([s.view("retrieval") for s in states], [s.candidates for s in states])
         for s, c in zip(states, cands, strict=True):
             s.candidates = c
         return states

@@ -37,7 +37,7 @@ class RetrieveStep(Step):
         images = [s.image for s in states]
         given = images if any(im is not None for im in images) else None  # None: the retriever opens mention.image
         pool = max(self.pool(s.k) for s in states)
-        cands = self.retriever.retrieve([s.mention for s in states], given, k=pool)
+        cands = self.retriever.retrieve([s.view("retrieval") for s in states], given, k=pool)
         for s, c in zip(states, cands, strict=True):
             s.candidates = c[: self.pool(s.k)]
             s.texts = {x.entity_id: self.index.text(x.entity_id) for x in s.candidates}

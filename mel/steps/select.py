@@ -52,10 +52,10 @@ class SelectStep(Step):
                                  field="adapter")
             merged = self.parts.adapter_engines.get(name) if name else None
             if merged is not None:  # the adapter folded into its own engine: no per-request LoRA
-                res = selector_for(merged).select([s.mention for s in group], [s.candidates for s in group])
+                res = selector_for(merged).select([s.view("selection") for s in group], [s.candidates for s in group])
             else:
                 lora = LoRASpec(name, self.cfg.selection.adapters[name]) if name else None
-                res = base.select([s.mention for s in group], [s.candidates for s in group], lora=lora)
+                res = base.select([s.view("selection") for s in group], [s.candidates for s in group], lora=lora)
             for s, c in zip(group, res, strict=True):
                 s.candidates = c
         return states

@@ -63,3 +63,29 @@ def test_summaries_on_ray_data_reused_and_indexed(ray_local: None, llm_dir: str,
         commands.preflight_index(refused, str(index_dir))
     accepted = icfg.model_copy(update={"index": icfg.index.model_copy(update={"summaries": str(out)})})
     commands.preflight_index(accepted, str(index_dir))
+
+
+def test_describe_step_with_the_real_engine(demo_index: Path, text_encoder, vllm_engine,  # noqa: ANN001
+                                            tmp_path: Path) -> None:
+    """unimel with `augment.mentions.enabled`: SmolLM2 describes each mention, retrieval embeds the description
+    with the context, and the descriptions are cached by mention for the next run."""
+    from mel.augment.mention import DescriptionCache, describe
+    from mel.config import load_config
+    from mel.index.artifact import IndexArtifact
+    from mel.mentions import read_mentions
+    from mel.parts import Parts
+    from mel.runner import Runner
+
+    ms = list(read_mentions(REPO / "data" / "demo" / "mentions.jsonl"))[:4]
+    parts = Parts(IndexArtifact.load(demo_index), text_encoder, None, vllm_engine)
+    base = {"method": "unimel", "selection.fusion_weight": 0.3, "retrieval.rerank.enabled": False}
+    plain = Runner(load_config(None, base), parts).link(ms)
+    cfg = load_config(None, {**base, "augment.mentions.enabled": True, "augment.mentions.cache_dir": str(tmp_path)})
+    described = Runner(cfg, parts).link(ms)
+    assert all("describe" in r.timings_ms for r in described) and not any("describe" in r.timings_ms for r in plain)
+    retrieval = [[c.scores.get("retrieval") for c in r.candidates] for r in (plain + described)]
+    assert retrieval[:4] != retrieval[4:], "the description changes the retrieval query"
+    cache = DescriptionCache(tmp_path)
+    texts = describe(vllm_engine, ms, cfg.augment.mentions, cache)
+    assert all(len(t.split()) >= 3 for t in texts), texts
+    assert len(list((tmp_path / "cache.staging").glob("part-*.parquet"))) == 1, "the second run generated nothing"

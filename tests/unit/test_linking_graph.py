@@ -126,7 +126,10 @@ def test_a_host_restarts_only_for_its_own_settings_and_step_code(monkeypatch: py
 
 def test_unimel_is_declared_and_its_default_adapter_is_checked() -> None:
     spec = registry.get("unimel")
-    assert spec.steps == ("retrieve", "rerank", "select", "nil")
+    assert spec.steps == ("describe", "retrieve", "rerank", "select", "nil")
+    assert [c.name for c in spec.active_steps(load_config(None, {"method": "unimel"}))][0] != "describe"
+    described = load_config(None, {"method": "unimel", "augment.mentions.enabled": True})
+    assert [c.name for c in spec.active_steps(described)][0] == "describe"
     cfg = load_config(None, {"method": "unimel", "selection.adapters": {"rp": "/a", "wiki": "/b"},
                              "selection.lora_adapter": "wiki"})
     assert spec.default_adapter(cfg) == "wiki"

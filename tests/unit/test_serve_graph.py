@@ -94,10 +94,13 @@ CASES = [
      {"retrieve", "rerank", "select"}),
     ({"method": "toy-lexical-rerank", "plugins": [TOY], "methods": {"toy-lexical-rerank": {"overlap_weight": 0.5}}},
      {"retrieve", "toy-lexical", "toy-short-names"}),
+    ({"method": "unimel", "augment.mentions.enabled": True, "retrieval.rerank.enabled": True},
+     {"describe", "retrieve", "rerank", "select"}),
 ]
 
 
-@pytest.mark.parametrize("overrides,timed", CASES, ids=["retrieval", "llm-select", "llm-select+rerank", "toy"])
+@pytest.mark.parametrize("overrides,timed", CASES,
+                         ids=["retrieval", "llm-select", "llm-select+rerank", "toy", "unimel+describe"])
 def test_ingress_walks_the_declared_steps_with_the_runners_answers(index_dir: Path, overrides: dict[str, Any],
                                                                    timed: set[str]) -> None:
     from tests.doubles.rerank import FakeCrossEncoder
@@ -106,8 +109,8 @@ def test_ingress_walks_the_declared_steps_with_the_runners_answers(index_dir: Pa
     parts = _parts(index_dir, FakeLLMEngine())
     parts.cross_encoder = FakeCrossEncoder()
     runner = Runner(cfg, parts)
-    assert runner.step_names == [s for s in ("retrieve", "rerank", "toy-lexical", "toy-short-names", "select", "nil")
-                                 if s in timed or s == "nil"]
+    assert runner.step_names == [s for s in ("describe", "retrieve", "rerank", "toy-lexical", "toy-short-names",
+                                             "select", "nil") if s in timed or s == "nil"]
     ms = _mentions()
     offline = runner.link(ms)
     assert len(offline) == len(ms)
