@@ -72,6 +72,8 @@ class LinkResult:
     candidates: list[Candidate] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     method: str = ""
+    description: str | None = None
+    """What an LLM said the mention refers to (the ``describe`` step), when the method ran it."""
 
     @property
     def is_nil(self) -> bool:
@@ -83,7 +85,7 @@ class LinkResult:
         return cls(d["mention_id"], d.get("entity_id"), float(d["score"]),
                    [Candidate(c["entity_id"], c["name"], float(c["score"]), dict(c.get("scores") or {}))
                     for c in d.get("candidates") or []],
-                   dict(d.get("timings_ms") or {}), d.get("method") or "")
+                   dict(d.get("timings_ms") or {}), d.get("method") or "", d.get("description"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,4 +96,5 @@ class LinkResult:
             "method": self.method,
             "candidates": [c.to_dict() for c in self.candidates],
             "timings_ms": dict(self.timings_ms),
+            **({"description": self.description} if self.description is not None else {}),
         }

@@ -71,6 +71,8 @@ class LinkResultOut(BaseModel):
     method: str
     candidates: list[CandidateOut]
     timings_ms: dict[str, float]
+    description: str | None = Field(None, description="What the LLM said the mention refers to, when the method "
+                                    "describes mentions (augment.mentions.enabled).")
 
 
 class LinkResponse(BaseModel):

@@ -32,5 +32,6 @@ class NilStep(Step):
             res = finalize(s.mention, s.candidates, threshold=self.cfg.nil.threshold, method="",
                            timings_ms=s.timings_ms, score=conf)
             res.candidates = res.candidates[: s.k or self.cfg.retrieval.top_k]
+            res.description = s.description
             s.result = res
         return states

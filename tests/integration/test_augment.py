@@ -83,6 +83,7 @@ def test_describe_step_with_the_real_engine(demo_index: Path, text_encoder, vllm
     cfg = load_config(None, {**base, "augment.mentions.enabled": True, "augment.mentions.cache_dir": str(tmp_path)})
     described = Runner(cfg, parts).link(ms)
     assert all("describe" in r.timings_ms for r in described) and not any("describe" in r.timings_ms for r in plain)
+    assert all(r.description for r in described) and not any(r.description for r in plain)
     retrieval = [[c.scores.get("retrieval") for c in r.candidates] for r in (plain + described)]
     assert retrieval[:4] != retrieval[4:], "the description changes the retrieval query"
     cache = DescriptionCache(tmp_path)

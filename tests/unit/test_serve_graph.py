@@ -131,6 +131,7 @@ def test_ingress_walks_the_declared_steps_with_the_runners_answers(index_dir: Pa
         assert [c["entity_id"] for c in g["candidates"]] == [c.entity_id for c in e.candidates]
         assert [c["score"] for c in g["candidates"]] == pytest.approx([c.score for c in e.candidates], abs=1e-9)
         assert timed <= set(g["timings_ms"]) and "total" in g["timings_ms"]
+        assert g.get("description") == e.description and (e.description is not None) == ("describe" in timed)
     # consecutive steps of one host go in one call; local steps (NIL, toy-short-names) run in the ingress
     assert handles["retriever"].calls[0] == [s for s in ("retrieve", "rerank", "toy-lexical") if s in timed]
 
