@@ -54,7 +54,8 @@ def with_description(mention: Mention, description: str | None) -> Mention:
 
 class DescriptionCache:
     """Descriptions by key in ``<dir>`` (Parquet shards named by the hash of their keys). Read once, on first use;
-    every batch generated later is added as one shard (atomic), so concurrent writers never clash."""
+    every batch generated later is added as one shard (atomic), so concurrent writers (Ray Data actors, Serve
+    replicas) never clash, and none deletes another's file in progress."""
 
     def __init__(self, directory: str | Path) -> None:
         self.store = GenerationStore(Path(directory) / "cache", DESCRIPTIONS)
@@ -63,7 +64,7 @@ class DescriptionCache:
 
     def _load(self) -> dict[str, str]:
         if self._rows is None:
-            self._rows = {k: str(r["description"] or "") for k, r in self.store.known().items()}
+            self._rows = {k: str(r["description"] or "") for k, r in self.store.known(clean=False).items()}
             log.info("mention description cache %s: %d descriptions", self.store.staging, len(self._rows))
         return self._rows
 

@@ -173,9 +173,11 @@ class GenerationStore:
         finally:
             os.close(fd)
 
-    def known(self) -> dict[str, dict[str, Any]]:
+    def known(self, *, clean: bool = True) -> dict[str, dict[str, Any]]:
         """Every row found by key: the published artifact at ``out`` (when it reads back intact) and the staging
-        shards (a shard that does not read back is deleted). Row: the kind's columns."""
+        shards (a shard that does not read back is deleted). Row: the kind's columns. ``clean`` also removes the
+        temp files of interrupted writes: only for a run holding :meth:`lock` (a shared cache read by several
+        writers at once passes False: another writer's temp file is still being written)."""
         import pyarrow.parquet as pq
 
         rows: dict[str, dict[str, Any]] = {}
@@ -193,7 +195,8 @@ class GenerationStore:
         if self.staging.is_dir():
             for f in sorted(self.staging.iterdir()):
                 if f.name.startswith(f".{SHARD_PREFIX}") and TMP_MARK in f.name:
-                    f.unlink(missing_ok=True)  # a write interrupted mid-file
+                    if clean:
+                        f.unlink(missing_ok=True)  # a write interrupted mid-file
                     continue
                 if not (f.name.startswith(SHARD_PREFIX) and f.name.endswith(".parquet")):
                     continue

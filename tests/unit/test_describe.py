@@ -80,3 +80,12 @@ def test_the_step_fills_states_and_the_switches(tmp_path: Path) -> None:
     assert states[1].view("retrieval") is MENTIONS[1]
     assert list((tmp_path / "cache.staging").glob("part-*.parquet")), "the cache was written"
     assert not get_step("describe").active(load_config(None)), "off by default"
+
+
+def test_a_shared_cache_leaves_other_writers_files_alone(tmp_path: Path) -> None:
+    staging = tmp_path / "cache.staging"
+    staging.mkdir()
+    in_progress = staging / ".part-0123.parquet.tmp-abcd1234"
+    in_progress.write_bytes(b"half written")
+    describe(FakeLLMEngine(), MENTIONS[:1], mcfg(), DescriptionCache(tmp_path))
+    assert in_progress.exists(), "another actor's write in progress is not ours to delete"
