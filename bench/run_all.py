@@ -25,7 +25,8 @@ def run(*args: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--skip", default="", help="comma-separated steps to skip: tune,accuracy,indexing,scale,serving")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated steps to skip: tune,accuracy,indexing,scale,serving,augment")
     ap.add_argument("--datasets", nargs="+", default=["richpedia-mel", "wikimel"])
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -44,6 +45,8 @@ def main() -> int:
         run("bench/bench_index_scale.py", "--sizes", "100000", "1000000")
     if "serving" not in skip:
         run("bench/bench_serving.py", "--dataset", "richpedia-mel", "--requests", "200")
+    if "augment" not in skip:
+        run("bench/bench_augment.py", "--dataset", "richpedia-mel", "--small", "32", "--large", "192")
     run("bench/report.py")
     return 0
 
