@@ -314,7 +314,8 @@ def _join_summaries(cfg: Config, kb: KB) -> tuple[dict[str, str] | None, dict[st
     joined = loaded.join(kb)
     if joined.fallback:
         log.warning("entity summaries %s: %d of %d entities have none (%d missing, %d stale: their input changed); "
-                    "they get their description in {summary} (rerun `mel augment entities` to add them)",
+                    "they get their description (else attributes text) in {summary} (rerun `mel augment entities` "
+                    "to add them)",
                     loaded.path, joined.fallback, len(kb), joined.missing, joined.stale)
     return joined.summaries, loaded.record(joined)
 
