@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             ray_runs[n] = {"seconds": round(time.perf_counter() - t, 2), "generated": rep.generated}
         res["runs"]["ray"] = ray_runs
         shutdown_ray()
-        texts = json.loads(json.dumps(_first_summaries(work / f"ray-{args.large}", 3)))
-        res["examples"] = texts
+        res["examples"] = _first_summaries(work / f"ray-{args.large}", 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     s, big = args.small, args.large
