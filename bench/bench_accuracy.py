@@ -21,6 +21,25 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _settings(cfg, method: str) -> dict:  # noqa: ANN001
+    """The settings that decide a row's numbers, by what the method's active steps are."""
+    from mel.methods import registry
+
+    steps = {s.name for s in registry.get(method).active_steps(cfg)}
+    out: dict = {"top_k": cfg.retrieval.top_k}
+    if "rerank" in steps:
+        out["rerank_weight"] = cfg.retrieval.rerank.weight
+    if "select" in steps:
+        out.update(fusion_weight=cfg.selection.fusion_weight, candidates=cfg.selection.candidates,
+                   llm=cfg.models.llm.model, dtype=cfg.models.llm.dtype)
+    if steps & {"entail", "attribute_filter", "fuse"}:
+        a = cfg.ameli
+        out.update(ameli_candidates=a.text.candidates, prior_weight=a.fusion.prior_weight, lam=a.fusion.lam)
+        if "entail" in steps:
+            out.update(aggregation=a.text.aggregation, text_scorer=a.text.nli_model or cfg.retrieval.rerank.model)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["richpedia-mel", "wikimel"])
@@ -78,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" --label {args.label}" if args.label else "")
                 + (f" --config {args.config}" if args.config else "")
                 + "".join(f" --set {o}" for o in args.overrides),
-                "settings": {"fusion_weight": cfg.selection.fusion_weight, "candidates": cfg.selection.candidates,
-                             "llm": cfg.models.llm.model, "dtype": cfg.models.llm.dtype} if method != "retrieval"
-                else {"top_k": cfg.retrieval.top_k},
+                "settings": _settings(cfg, method),
                 "seconds": round(time.perf_counter() - t0, 1),
             })
             entry["method"] = method
+            if "filter" in report:
+                entry["filter"] = report["filter"]
             old = results.setdefault(ds, {}).get(label, {})
             # NIL figures come from bench/bench_nil.py (withheld-gold protocol): keep them
             results[ds][label] = {**{k: v for k, v in old.items() if k.startswith("nil_")}, **entry}

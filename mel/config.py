@@ -570,6 +570,76 @@ class AugmentConfig(Strict):
                                                 description="The `describe` step: LLM mention descriptions.")
 
 
+# ----------------------------------------------------------------------------- AMELI
+class AmeliTextConfig(Strict):
+    """AMELI's text stream (the ``entail`` step): does the mention's context entail what a candidate's attributes
+    say about the mentioned thing?"""
+
+    candidates: int = Field(5, ge=1, le=100, description="Head of each candidate list scored by the text stream "
+                            "(and looked at by the attribute filter); the rest keep their order behind it.")
+    statement_template: str = Field(
+        "{key} of {mention} is {value}.", description="One hypothesis per attribute; fields {key} {value} "
+        "{mention} (the mention's surface) {name} (the candidate's name).")
+    name_template: str | None = Field(
+        "{mention} is {name}.", description="A hypothesis naming the candidate, scored besides the attribute "
+        "statements (None: attribute statements only). Fields as statement_template, {key}='name'.")
+    max_statements: int = Field(8, ge=1, le=256, description="Most hypotheses per candidate (the name statement "
+                                "first, then attributes in KB order).")
+    max_value_chars: int = Field(120, ge=10, le=10_000, description="Characters kept of an attribute value in a "
+                                 "statement (cut at a word boundary).")
+    aggregation: Literal["mean", "max", "entailment-minus-contradiction"] = Field(
+        "mean", description="A candidate's text score from its statements' scores: their mean, their max, or the "
+        "mean of P(entailment) - P(contradiction) (needs nli_model: a cross-encoder has no contradiction).")
+    nli_model: str | None = Field(
+        None, description="A Hugging Face sequence-classification NLI checkpoint (hub id or local folder) whose "
+        "labels include 'entailment'; its entailment probability scores each (context, statement) pair. None: the "
+        "re-ranking cross-encoder (retrieval.rerank.model) scores how relevant the statement is to the context.")
+    batch_size: int = Field(16, ge=1, le=4096, description="nli_model: pairs per forward pass.")
+    max_length: int = Field(256, ge=16, le=8192, description="nli_model: tokens per (context, statement) pair.")
+    device: str = Field("cpu", description="nli_model: torch device.")
+    cache_size: int = Field(200_000, ge=0, description="(context, statement) scores kept in memory, keyed by a "
+                            "hash of their text: evaluations and re-runs score each pair once (0: no cache).")
+
+    @field_validator("statement_template", "name_template")
+    @classmethod
+    def _known_fields(cls, v: str | None) -> str | None:
+        return None if v is None else _check_template(v, {"key", "value", "mention", "name"})
+
+
+class AmeliFusionConfig(Strict):
+    """The ``fuse`` step: ``final = p * incoming + (1 - p) * (lam * text + (1 - lam) * image)`` over the head of
+    the candidate list, each stream normalised to [0, 1] over the head's kept candidates; text alone when either
+    side has no image."""
+
+    lam: float = Field(0.5, ge=0, le=1, description="Weight of the text stream against the image stream (lambda).")
+    prior_weight: float = Field(
+        0.5, ge=0, le=1, description="p: weight of the score the candidate arrived with (retrieval, re-ranked when "
+        "re-ranking runs); 0 is the paper's disambiguation by the two streams alone. Tuned on dev "
+        "(bench/tune_ameli.py).")
+    normalize: Literal["minmax", "softmax"] = Field("minmax", description="How each stream is put on [0, 1] "
+                                                    "over a mention's head.")
+    temperature: float = Field(1.0, gt=0, description="'softmax' only: temperature of the stream scores.")
+
+
+class AmeliFilterConfig(Strict):
+    """The ``attribute_filter`` step: candidates whose attribute value contradicts a value the mention names are
+    dropped (moved behind the rest, marked ``scores["filtered"]``), never the last one."""
+
+    min_chars: int = Field(3, ge=1, description="Attribute values shorter than this are never looked up in text.")
+    value_separator: str | None = Field(
+        ",", description="Splits a multi-valued attribute ('politician, lawyer') into values, any of which "
+        "agrees with the text (None: one value).")
+    keys: list[str] | None = Field(None, description="Only these attribute keys are filtered on (None: every "
+                                   "key the candidates have).")
+
+
+class AmeliConfig(Strict):
+    text: AmeliTextConfig = Field(default_factory=AmeliTextConfig, description="Text stream (NLI over attribute "
+                                  "statements).")
+    fusion: AmeliFusionConfig = Field(default_factory=AmeliFusionConfig, description="Stream and prior fusion.")
+    filter: AmeliFilterConfig = Field(default_factory=AmeliFilterConfig, description="Attribute filtering.")
+
+
 def _check_template(v: str, allowed: set[str]) -> str:
     import string
 
@@ -605,6 +675,8 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="`mel train ...`: training runs.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="`mel augment ...`: LLM-generated "
                                    "texts (entity summaries).")
+    ameli: AmeliConfig = Field(default_factory=AmeliConfig, description="The AMELI steps (entail, attribute_filter, "
+                               "fuse) of the `ameli` methods.")
 
     def hash(self) -> str:
         """Stable hash of the settings (used in artifact manifests)."""

@@ -14,6 +14,9 @@ Definitions (``kb_ids``: the ids of the KB linked against):
   NIL (``None``) for a NIL-expected mention.
 - ``nil``: precision and recall of answering NIL, NIL-expected being the positive class.
 - ``latency_ms``: per stage of ``LinkResult.timings_ms``: n, mean, p50, p99 (linear interpolation).
+- ``filter`` (only when some candidate carries ``scores["filtered"]``, AMELI's attribute filter): mentions with a
+  candidate filtered, candidates filtered, and in-KB mentions whose gold was filtered (it had been retrieved, and
+  the filter moved it behind the kept candidates).
 """
 
 from __future__ import annotations
@@ -201,6 +204,13 @@ def evaluate(mentions: Sequence[Mention], results: Sequence[LinkResult], kb_ids:
         "methods": sorted({r.method for r in ordered if r.method}),
         "ks": list(ks),
     }
+    filtered = [sum(1 for c in r.candidates if c.scores.get("filtered")) for r in ordered]
+    if any(filtered):
+        gold_filtered = sum(
+            1 for m, r, ok in zip(mentions, ordered, in_kb, strict=True)
+            if ok and any(c.entity_id == m.gold and c.scores.get("filtered") for c in r.candidates))
+        report["filter"] = {"mentions_filtered": sum(1 for f in filtered if f), "candidates_filtered": sum(filtered),
+                            "gold_filtered": gold_filtered}
     if per_mention:
         report["per_mention"] = [
             {"mention_id": m.id, "gold": m.gold, "in_kb": ok, "predicted": r.entity_id, "correct": c, "gold_rank": rk}
@@ -296,6 +306,10 @@ def format_table(report: dict[str, Any]) -> str:
     out.append("")
     out.append(f"NIL precision {_fmt(nil['precision'])}  recall {_fmt(nil['recall'])}  F1 {_fmt(nil['f1'])}  "
                f"({nil['true_positives']} correct of {nil['predicted']} predicted, {nil['expected']} expected)")
+    filt = report.get("filter")
+    if filt:
+        out.append(f"attribute filter: {filt['candidates_filtered']} candidates removed in "
+                   f"{filt['mentions_filtered']} mentions; gold removed in {filt['gold_filtered']}")
     lat = report.get("latency_ms") or {}
     if lat:
         out.append("")

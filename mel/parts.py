@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mel.ameli.entail import EntailmentScorer
     from mel.config import Config
     from mel.encoders.base import ImageEncoder, TextEncoder
     from mel.index.artifact import IndexArtifact
@@ -28,6 +29,8 @@ class Parts:
     cross_encoder: CrossEncoder | None = None
     adapter_engines: dict[str, LLMEngine] = field(default_factory=dict)
     """Adapter name -> an engine serving that adapter merged into the base model (``selection.merge_adapters``)."""
+    nli: EntailmentScorer | None = None
+    """Scores (context, statement) pairs for AMELI's text stream: an NLI model, or the cross-encoder as a proxy."""
 
     def require(self, name: str, step: str) -> object:
         """The part ``name`` (attribute name; ``llm`` is ``engine``), or a clear error naming the step."""
@@ -41,7 +44,7 @@ class Parts:
 def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text_encoder: TextEncoder | None = None,
                image_encoder: ImageEncoder | None = None, engine: LLMEngine | None = None,
                cross_encoder: CrossEncoder | None = None, index: IndexArtifact | None = None,
-               adapter_engines: dict[str, LLMEngine] | None = None) -> Parts:
+               adapter_engines: dict[str, LLMEngine] | None = None, nli: EntailmentScorer | None = None) -> Parts:
     """Build the parts in ``needs`` that were not given, and load the index checked against the encoders.
 
     The image encoder is built only when ``models.image_encoder.enabled``; the index is refused when its manifest
@@ -79,11 +82,16 @@ def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text
         from mel.llm import build_merged_engines
 
         adapter_engines = build_merged_engines(cfg.models.llm, cfg.selection.adapters, cache)
-    if "cross_encoder" in needs and cross_encoder is None:
+    proxy = "nli" in needs and nli is None and cfg.ameli.text.nli_model is None
+    if ("cross_encoder" in needs or proxy) and cross_encoder is None:
         from mel.rerank import build_cross_encoder
 
         cross_encoder = build_cross_encoder(cfg.retrieval.rerank, cache)
-    return Parts(index, text_encoder, image_encoder, engine, cross_encoder, dict(adapter_engines or {}))
+    if "nli" in needs and nli is None:
+        from mel.ameli.entail import build_entailment_scorer
+
+        nli = build_entailment_scorer(cfg.ameli.text, cross_encoder=cross_encoder, cache_dir=cache)
+    return Parts(index, text_encoder, image_encoder, engine, cross_encoder, dict(adapter_engines or {}), nli)
 
 
 # The name the foundation used; kept for callers that build parts by hand.

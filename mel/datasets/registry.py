@@ -50,7 +50,7 @@ def register_dataset(name: str, *, folder: str, marker: str) -> Callable[[Datase
 
 def _load_builtin() -> None:
     # Importing the adapter modules registers them (they import only the standard library).
-    from mel.datasets import demo, richpedia, wikimel  # noqa: F401
+    from mel.datasets import ameli, demo, richpedia, wikimel  # noqa: F401
 
 
 def dataset_names() -> list[str]:

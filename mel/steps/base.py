@@ -23,6 +23,7 @@ PART_CONFIG: dict[str, tuple[str, ...]] = {
     "index": ("index",),
     "cross_encoder": ("retrieval.rerank", "models.cache_dir"),
     "llm": ("models.llm", "models.cache_dir"),
+    "nli": ("ameli.text", "retrieval.rerank", "models.cache_dir"),
 }
 PARTS: frozenset[str] = frozenset(PART_CONFIG)
 
@@ -122,7 +123,7 @@ class Host:
 
 HOSTS: tuple[Host, ...] = (
     Host("local", frozenset()),
-    Host("retriever", frozenset({"text_encoder", "image_encoder", "index", "cross_encoder"}), "Retriever",
+    Host("retriever", frozenset({"text_encoder", "image_encoder", "index", "cross_encoder", "nli"}), "Retriever",
          "retriever"),
     Host("llm", frozenset({"llm"}), "Selector", "selector"),
 )
