@@ -314,6 +314,12 @@ class SelectorDeploymentConfig(DeploymentConfig):
         "None: models.llm.max_loras, the adapters the engine holds at once.")
 
 
+class ScorerDeploymentConfig(DeploymentConfig):
+    num_cpus: float = Field(0.5, ge=0, description="CPUs per replica.")
+    max_queued_requests: int = Field(64, ge=-1, description=DeploymentConfig.model_fields[
+        "max_queued_requests"].description)
+
+
 class ServeConfig(Strict):
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: pick a free one).")
@@ -345,6 +351,9 @@ class ServeConfig(Strict):
         "deployments' own queue limits decide what is refused).")
     retriever: RetrieverDeploymentConfig = Field(default_factory=lambda: RetrieverDeploymentConfig(),
                                                  description="Retriever deployment (encoder + faiss).")
+    scorer: ScorerDeploymentConfig = Field(default_factory=lambda: ScorerDeploymentConfig(),
+                                           description="The Scorer deployment (AMELI's image stream: the CLIP "
+                                           "adapter), deployed only when the method's active steps need it.")
     selector: SelectorDeploymentConfig = Field(default_factory=lambda: SelectorDeploymentConfig(),
                                                description="Selector deployment (LLM engine).")
 
@@ -499,9 +508,30 @@ class SelectorTrainConfig(Strict):
                                 "the share carved out as dev by a stable hash of the mention id (disjoint).")
 
 
+class AdapterTrainConfig(Strict):
+    """`mel train adapter`: AMELI's residual CLIP image adapter, trained contrastively (in-batch negatives) on
+    (review image, gold product image) pairs of training mentions; the image encoder (models.image_encoder) stays
+    frozen and embeds each image once."""
+
+    ratio: float = Field(0.2, ge=0, le=1, description="Residual mix: normalize(ratio * MLP(x) + (1 - ratio) * x), "
+                         "MLP d -> d/4 -> d. Recorded in the adapter.")
+    temperature: float = Field(0.07, gt=0, description="InfoNCE temperature.")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps in all (with --resume: up to this many); None: "
+                              "`epochs` passes over the pairs.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs when `steps` is None.")
+    batch_size: int = Field(64, ge=2, description="Pairs per step (the in-batch negatives).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    seed: int = Field(0, description="Initialisation and batch-order seed.")
+    limit: int | None = Field(None, ge=1, description="Only the first N mentions of the split.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints (<out>.checkpoint.pt).")
+    log_every: int = Field(10, ge=1, description="Steps between progress log lines.")
+
+
 class TrainConfig(Strict):
     selector: SelectorTrainConfig = Field(default_factory=SelectorTrainConfig,
                                           description="`mel train selector` (LoRA multiple-choice selector).")
+    adapter: AdapterTrainConfig = Field(default_factory=AdapterTrainConfig,
+                                        description="`mel train adapter` (AMELI's CLIP image adapter).")
 
 
 class EntitySummariesConfig(Strict):
@@ -633,7 +663,16 @@ class AmeliFilterConfig(Strict):
                                    "key the candidates have).")
 
 
+class AmeliImageConfig(Strict):
+    """AMELI's image stream: CLIP embeddings of the mention's image and of the candidate's images, through the
+    residual adapter trained by `mel train adapter`, compared by cosine (max over the candidate's images)."""
+
+    adapter_path: str | None = Field(None, description="Adapter folder written by `mel train adapter` (refused when "
+                                     "made for another image encoder); None: plain CLIP cosine.")
+
+
 class AmeliConfig(Strict):
+    image: AmeliImageConfig = Field(default_factory=AmeliImageConfig, description="Image stream (CLIP adapter).")
     text: AmeliTextConfig = Field(default_factory=AmeliTextConfig, description="Text stream (NLI over attribute "
                                   "statements).")
     fusion: AmeliFusionConfig = Field(default_factory=AmeliFusionConfig, description="Stream and prior fusion.")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mel.ameli.clip_adapter import EmbeddingAdapter
     from mel.ameli.entail import EntailmentScorer
     from mel.config import Config
     from mel.encoders.base import ImageEncoder, TextEncoder
@@ -31,6 +32,8 @@ class Parts:
     """Adapter name -> an engine serving that adapter merged into the base model (``selection.merge_adapters``)."""
     nli: EntailmentScorer | None = None
     """Scores (context, statement) pairs for AMELI's text stream: an NLI model, or the cross-encoder as a proxy."""
+    clip_adapter: EmbeddingAdapter | None = None
+    """AMELI's image stream adapter (``ameli.image.adapter_path``; the identity, plain CLIP cosine, when unset)."""
 
     def require(self, name: str, step: str) -> object:
         """The part ``name`` (attribute name; ``llm`` is ``engine``), or a clear error naming the step."""
@@ -44,7 +47,8 @@ class Parts:
 def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text_encoder: TextEncoder | None = None,
                image_encoder: ImageEncoder | None = None, engine: LLMEngine | None = None,
                cross_encoder: CrossEncoder | None = None, index: IndexArtifact | None = None,
-               adapter_engines: dict[str, LLMEngine] | None = None, nli: EntailmentScorer | None = None) -> Parts:
+               adapter_engines: dict[str, LLMEngine] | None = None, nli: EntailmentScorer | None = None,
+               clip_adapter: EmbeddingAdapter | None = None) -> Parts:
     """Build the parts in ``needs`` that were not given, and load the index checked against the encoders.
 
     The image encoder is built only when ``models.image_encoder.enabled``; the index is refused when its manifest
@@ -91,7 +95,15 @@ def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text
         from mel.ameli.entail import build_entailment_scorer
 
         nli = build_entailment_scorer(cfg.ameli.text, cross_encoder=cross_encoder, cache_dir=cache)
-    return Parts(index, text_encoder, image_encoder, engine, cross_encoder, dict(adapter_engines or {}), nli)
+    if "clip_adapter" in needs and clip_adapter is None:
+        from mel.ameli.clip_adapter import IdentityAdapter, load_clip_adapter
+
+        path = cfg.ameli.image.adapter_path
+        clip_adapter = IdentityAdapter() if path is None else load_clip_adapter(
+            path, expect_image_encoder_id=image_encoder.id if image_encoder is not None else None,
+            expect_dim=image_encoder.dim if image_encoder is not None else None)
+    return Parts(index, text_encoder, image_encoder, engine, cross_encoder, dict(adapter_engines or {}), nli,
+                 clip_adapter)
 
 
 # The name the foundation used; kept for callers that build parts by hand.

@@ -336,7 +336,8 @@ class Ingress:
         index_host = next((h.name for h, cs in self.segments if any("index" in c.needs for c in cs)), None)
         info = await self.handles[index_host].info.remote() if index_host is not None else None
         out = {"status": "ok", "method": self.cfg.method, "selector": "llm" in self.handles,
-               "steps": [c.name for _, cs in self.segments for c in cs], "index": info, "nil": self.nil}
+               "steps": [c.name for _, cs in self.segments for c in cs], "index": info, "nil": self.nil,
+               "deployments": list(dict.fromkeys(h.deployment for h, _ in self.segments if h.deployment))}
         if self.cfg.selection.adapters and "llm" in self.handles:
             out["adapters"] = {"configured": sorted(self.cfg.selection.adapters), "default": self.default_adapter,
                                "multiplexed": self.multiplexed, "merged": self.cfg.selection.merge_adapters}

@@ -8,8 +8,9 @@ lawyer" -> two values) and normalised (lower case, whitespace collapsed). A valu
 
 **Extraction.** For each key some candidate has (only ``ameli.filter.keys`` when set), the matchable values the
 candidates give for it are looked up in the mention's surface and context as whole phrases (not inside a longer word
-or number); the ones found are *named* for that key. Values the mention itself carries (``Mention.attributes``) are
-named for their key as given.
+or number); the ones found are *named* for that key. A value equal to the mention's own surface is never named
+(a KB where one entity's "Spouse" is the mentioned person's name would otherwise read the name as that attribute).
+Values the mention itself carries (``Mention.attributes``) are named for their key as given.
 
 **Contradiction.** A candidate contradicts a key with named values when it has matchable values for the key and none
 of them is compatible with a named value (equal, or one contains the other as a whole phrase: "space gray" and
@@ -86,6 +87,7 @@ class FilterRule:
 def extract_attribute_values(mention: Mention, entities: Sequence[Entity], rule: FilterRule) -> dict[str, set[str]]:
     """Key -> the normalised values of that key named by the mention (keys with nothing named are left out)."""
     text = normalize(f"{mention.surface} {mention.context}")
+    surface = normalize(mention.surface)
     given = {k: normalize(v) for k, v in mention.attributes.items() if normalize(v)}
     keys: dict[str, None] = {}
     for e in entities:
@@ -96,7 +98,7 @@ def extract_attribute_values(mention: Mention, entities: Sequence[Entity], rule:
     for key in keys:
         named = {given[key]} if key in given else set()
         for e in entities:
-            named.update(v for v in rule.values(e, key) if contains_phrase(text, v))
+            named.update(v for v in rule.values(e, key) if v != surface and contains_phrase(text, v))
         if named:
             out[key] = named
     return out

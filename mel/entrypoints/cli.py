@@ -171,6 +171,30 @@ def cmd_train_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_adapter(args: argparse.Namespace) -> int:
+    import json
+
+    from mel.train.clip_adapter import run_train_adapter
+
+    cfg = _cfg(args)
+    t = cfg.train.adapter
+    for key in ("limit", "steps"):
+        if getattr(args, key) is not None:
+            setattr(t, key, getattr(args, key))
+    report = run_train_adapter(cfg, dataset=args.dataset, out=args.out, split=args.split, data_dir=args.data_dir,
+                               resume=args.resume, overwrite=args.overwrite)
+    losses = report["losses"]
+    print(json.dumps({"adapter": report["path"], "image_encoder": report["image_encoder_id"], "dim": report["dim"],
+                      "pairs": report["train_pairs"], "steps": report["steps"],
+                      "resumed_from_step": report["resumed_from_step"],
+                      "loss_first": round(losses[0], 4) if losses else None,
+                      "loss_last": round(losses[-1], 4) if losses else None,
+                      "trainable_params": report["trainable_params"], "frozen_params": report["frozen_params"],
+                      "trainable_share_pct": round(100 * report["trainable_share"], 3),
+                      "use_with": f"--set ameli.image.adapter_path={report['path']}"}, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mel.entrypoints import demo
 
@@ -324,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
     s.set_defaults(func=cmd_calibrate)
 
-    s = sub.add_parser("train", help="train a model part (the LoRA selector)")
+    s = sub.add_parser("train", help="train a model part (the LoRA selector, the CLIP image adapter)")
     tr = s.add_subparsers(dest="train_command", required=True)
     t = tr.add_parser("selector", help="LoRA-train the multiple-choice selector on labelled mentions (UniMEL)")
     _common(t)
@@ -340,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out>.checkpoints")
     t.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder at --out")
     t.set_defaults(func=cmd_train_selector)
+    t = tr.add_parser("adapter", help="train AMELI's residual CLIP image adapter contrastively (train.adapter)")
+    _common(t)
+    t.add_argument("--dataset", required=True, help="dataset with review and product images, e.g. ameli")
+    t.add_argument("--split", default="train", help="split to train on (default: train)")
+    t.add_argument("--out", required=True, help="adapter folder to write (appears only when complete)")
+    t.add_argument("--data-dir", help="benchmark data root (default: $MEL_DATA_DIR or ../shared/data)")
+    t.add_argument("--limit", type=int, help="first N mentions of the split (train.adapter.limit)")
+    t.add_argument("--steps", type=int, help="optimizer steps in all (train.adapter.steps)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>.checkpoint.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder at --out")
+    t.set_defaults(func=cmd_train_adapter)
 
     s = sub.add_parser("methods", help="list the registered linking methods and their steps under the config")
     _common(s)

@@ -222,6 +222,17 @@ class IndexArtifact:
                 out.append(None)
         return out
 
+    def entity_image_vectors(self, ids: list[str]) -> list[np.ndarray | None]:
+        """Each entity's image vectors, (k, d_img) float32 copies (None for an entity without image vectors; every
+        entry None when the index holds none)."""
+        pos = [self.position(e) for e in ids]
+        if self._image_vectors is None or self._image_owner is None:
+            return [None] * len(ids)
+        starts = np.searchsorted(self._image_owner, pos, side="left").tolist()
+        ends = np.searchsorted(self._image_owner, pos, side="right").tolist()
+        return [np.array(self._image_vectors[a:b], dtype=np.float32) if b > a else None
+                for a, b in zip(starts, ends, strict=True)]
+
     def _pair_scores(self, vecs: np.ndarray, q: np.ndarray) -> np.ndarray:
         if self._ip:
             return (vecs @ q).astype(np.float32)

@@ -24,6 +24,7 @@ PART_CONFIG: dict[str, tuple[str, ...]] = {
     "cross_encoder": ("retrieval.rerank", "models.cache_dir"),
     "llm": ("models.llm", "models.cache_dir"),
     "nli": ("ameli.text", "retrieval.rerank", "models.cache_dir"),
+    "clip_adapter": ("ameli.image", "models.image_encoder"),
 }
 PARTS: frozenset[str] = frozenset(PART_CONFIG)
 
@@ -66,6 +67,9 @@ class MentionState:
     """What the mention refers to, in the words of an LLM (the ``describe`` step)."""
     description_in: tuple[str, ...] = ()
     """Where later steps show the description: "retrieval" (retrieval and re-ranking), "selection"."""
+    image_features: dict[str, Any] | None = None
+    """CLIP features for AMELI's image stream (the ``image_features`` step): ``mention`` (d,) or None, ``entities``
+    (id -> (k, d) vectors of the entity's images), ``encoder`` (the image encoder's id)."""
 
     def view(self, use: str) -> Mention:
         """The mention as a step of kind ``use`` ("retrieval" or "selection") shows it: with the description
@@ -126,6 +130,7 @@ HOSTS: tuple[Host, ...] = (
     Host("retriever", frozenset({"text_encoder", "image_encoder", "index", "cross_encoder", "nli"}), "Retriever",
          "retriever"),
     Host("llm", frozenset({"llm"}), "Selector", "selector"),
+    Host("scorer", frozenset({"clip_adapter"}), "Scorer", "scorer"),
 )
 
 

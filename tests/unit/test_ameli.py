@@ -149,6 +149,10 @@ def test_attribute_values_are_split_and_matched_as_phrases() -> None:
     assert extract_attribute_values(Mention("m", "x", "phantom blackish yes 55"),
                                     [Entity("a", "a", attributes={"C": "Phantom Black", "Y": "yes", "N": "55"})],
                                     rule) == {}
+    # a value that is the mention's own surface names the mention, not an attribute
+    spouse = [Entity("a", "Raj", attributes={"Spouse": "Mandira Bedi"}), Entity("b", "Mandira Bedi",
+                                                                               attributes={"Spouse": "Raj Kaushal"})]
+    assert extract_attribute_values(Mention("m", "Mandira Bedi", "Kajol with Mandira Bedi"), spouse, rule) == {}
     given = Mention("m", "S21", "no colour named", attributes={"Color": "Phantom White"})
     assert extract_attribute_values(given, [PHONE, WHITE], rule) == {"Color": {"phantom white"}}
 
@@ -215,3 +219,87 @@ def test_the_declared_methods_run_with_doubles(family_index) -> None:  # noqa: A
     # the sample is built so that the attribute filter matters: retrieval cannot tell variants apart
     assert acc["ameli-no-nli"] > acc["retrieval"] + 20
     assert acc["ameli"] > acc["retrieval"] + 20
+
+
+# ----------------------------------------------------------------------------- the image stream
+@pytest.fixture(scope="module")
+def image_sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    from mel.datasets import load_dataset
+    from pipelines.index import run_index_local
+    from tests.doubles.encoders import FakeImageEncoder
+    from tests.fixtures.ameli_sample import write_ameli_sample
+
+    root = tmp_path_factory.mktemp("img")
+    write_ameli_sample(root)
+    ds = load_dataset("ameli", root)
+    cfg = load_config(None, ["models.image_encoder.enabled=true"])
+    return run_index_local(ds.kb, root / "idx", cfg, HashingTextEncoder(), image_encoder=FakeImageEncoder()), ds
+
+
+class ShiftAdapter:
+    """Test double: an adapter that adds a fixed vector (so its use shows in the scores), trained on ``enc``."""
+
+    def __init__(self, enc: str) -> None:
+        self.image_encoder_id = enc
+
+    def transform(self, x):  # noqa: ANN001, ANN201
+        y = x + 0.5
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def test_image_steps_score_candidates_through_the_adapter(image_sample) -> None:  # noqa: ANN001
+    from mel.runner import Runner
+    from mel.steps import get_step, host_of
+    from tests.doubles.encoders import FakeImageEncoder
+
+    idx, ds = image_sample
+    assert host_of(get_step("image_stream")).deployment == "Scorer"
+    assert host_of(get_step("image_features")).name == "retriever"
+    sets = ["method=ameli", "models.image_encoder.enabled=true", "retrieval.top_k=6", "ameli.text.candidates=4",
+            "ameli.fusion.lam=0.0", "ameli.fusion.prior_weight=0.0"]
+    enc = FakeImageEncoder()
+    kw = {"text_encoder": HashingTextEncoder(), "image_encoder": enc, "cross_encoder": FakeCrossEncoder()}
+    plain = Runner.load(load_config(None, sets), str(idx), **kw)
+    assert plain.step_names == ["retrieve", "image_features", "entail", "attribute_filter", "image_stream", "fuse",
+                                "nil"]
+    ms = ds.split("test")
+    res = plain.link(ms)
+    with_image = [m for m in ms if m.image]
+    assert with_image and not all(m.image for m in ms)
+    for m, r in zip(ms, res, strict=True):
+        scored = [c for c in r.candidates if "image_stream" in c.scores]
+        if not m.image:
+            assert not scored  # no image: the text stream alone
+            continue
+        assert scored and all(-1.0 <= c.scores["image_stream"] <= 1.0 + 1e-6 for c in scored)
+        # plain CLIP cosine (no adapter): the best cosine over the candidate's stored image vectors
+        from PIL import Image
+
+        with Image.open(m.image) as im:
+            q = enc.encode([im.convert("RGB")])[0]
+        c = scored[0]
+        want = max(float(v @ q) for v in plain.parts.index.entity_image_vectors([c.entity_id])[0])
+        assert c.scores["image_stream"] == pytest.approx(want, abs=1e-5)
+    # lam 0 and p 0: the image stream alone orders the head's unfiltered candidates that have images
+    for m, r in zip(ms, res, strict=True):
+        if m.image:
+            head = [c for c in r.candidates if "image_stream" in c.scores and not c.scores.get("filtered")]
+            assert [c.entity_id for c in head] == [c.entity_id for c in sorted(head, key=lambda c: -c.scores[
+                "image_stream"])]
+    # an adapter is used when given, and refused when made for another encoder
+    adapted = Runner.load(load_config(None, sets), str(idx), **kw, clip_adapter=ShiftAdapter(enc.id)).link(ms)
+    assert any(a.candidates[0].scores.get("image_stream") != b.candidates[0].scores.get("image_stream")
+               for a, b in zip(adapted, res) if "image_stream" in a.candidates[0].scores)
+    from mel.errors import ArtifactMismatch
+
+    with pytest.raises(ArtifactMismatch, match="trained on image encoder 'other'"):
+        Runner.load(load_config(None, sets), str(idx), **kw, clip_adapter=ShiftAdapter("other")).link(with_image)
+    # images off: neither image step runs, no Scorer is needed
+    off = Runner.load(load_config(None, ["method=ameli", "ameli.text.candidates=4"]), str(idx), **kw)
+    assert "image_stream" not in off.step_names and "clip_adapter" not in registry_needs("ameli")
+
+
+def registry_needs(method: str) -> set[str]:
+    from mel.methods import method_needs
+
+    return method_needs(load_config(None), method)
