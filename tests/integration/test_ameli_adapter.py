@@ -89,13 +89,20 @@ def test_adapter_roundtrip_and_refusal(trained, image_encoder) -> None:  # noqa:
 
 
 
-def test_train_adapter_command(sample: Path, tmp_path: Path, tiny_clip_config: str, capsys) -> None:  # noqa: ANN001
-    from mel.entrypoints.cli import main
-    from mel.errors import ConfigError
+def test_train_adapter_command(sample: Path, tmp_path: Path, tiny_clip_config: str, image_encoder,  # noqa: ANN001
+                               capsys) -> None:  # noqa: ANN001
+    """The command on a CLIP checkpoint file (the tiny model's weights saved as open_clip loads real ones), so each
+    run embeds the same images the same way and --resume continues."""
+    import torch
 
+    from mel.entrypoints.cli import main
+
+    ckpt = tmp_path / "tiny-clip.pt"
+    torch.save(image_encoder._model.state_dict(), ckpt)
     out = tmp_path / "cli-adapter"
     sets = ["--set", "models.image_encoder.enabled=true", "--set", f"models.image_encoder.model={tiny_clip_config}",
-            "--set", "train.adapter.batch_size=4", "--set", "train.adapter.checkpoint_every=1"]
+            "--set", f"models.image_encoder.pretrained={ckpt}", "--set", "train.adapter.batch_size=4",
+            "--set", "train.adapter.checkpoint_every=1"]
     argv = ["train", "adapter", "--dataset", "ameli", "--data-dir", str(sample), "--out", str(out), *sets]
     assert main([*argv, "--steps", "2"]) == 0
     first = json.loads(capsys.readouterr().out)
@@ -104,33 +111,45 @@ def test_train_adapter_command(sample: Path, tmp_path: Path, tiny_clip_config: s
     assert main([*argv, "--steps", "3", "--resume"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["steps"] == 3 and again["resumed_from_step"] == 2
-    with pytest.raises(ConfigError, match="models.image_encoder.enabled"):
-        main(["train", "adapter", "--dataset", "ameli", "--data-dir", str(sample), "--out", str(tmp_path / "x")])
+    assert main(["train", "adapter", "--dataset", "ameli", "--data-dir", str(sample), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "set models.image_encoder.enabled=true" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_serve_runs_the_image_stream_on_a_scorer_deployment(sample: Path, trained, ray_local, text_encoder,  # noqa: ANN001
-                                                            image_encoder, tiny_clip_config: str) -> None:
-    """The AMELI-format sample with images linked through the Serve app: image features on the Retriever, the
-    trained adapter on the Scorer deployment, fusion in the ingress; the same answers as in process."""
+def test_serve_runs_the_image_stream_on_a_scorer_deployment(sample: Path, ray_local, text_encoder,  # noqa: ANN001
+                                                            image_encoder, tiny_clip_config: str,  # noqa: ANN001
+                                                            tmp_path: Path) -> None:
+    """The AMELI-format sample with images linked through the Serve app: image features on the Retriever, an adapter
+    trained for the encoder on the Scorer deployment, fusion in the ingress; the same answers as in process. The
+    encoder loads a checkpoint file (the tiny model's weights), so every replica embeds alike."""
     import httpx
+    import torch
     from ray import serve
 
     from mel.config import load_config
     from mel.datasets import load_dataset
+    from mel.encoders import build_image_encoder
     from mel.entrypoints import commands
     from mel.runner import Runner
+    from mel.train.clip_adapter import collect_image_pairs, embed_pairs, train_adapter
     from pipelines.index import run_index_local
     from tests.conftest import free_port
 
-    _, adapter_dir, _, _ = trained
+    ckpt = tmp_path / "tiny-clip.pt"
+    torch.save(image_encoder._model.state_dict(), ckpt)
     ds = load_dataset("ameli", sample)
     sets = {"method": "ameli", "models.image_encoder.enabled": True, "models.image_encoder.model": tiny_clip_config,
-            "ameli.image.adapter_path": str(adapter_dir), "ameli.fusion.lam": 0.5, "retrieval.top_k": 6,
+            "models.image_encoder.pretrained": str(ckpt), "ameli.fusion.lam": 0.5, "retrieval.top_k": 6,
             "ameli.text.candidates": 4}
+    enc = build_image_encoder(load_config(None, sets).models.image_encoder)
+    assert enc is not None
+    adapter = train_adapter(embed_pairs(collect_image_pairs(ds, "train"), enc), tmp_path / "adapter", alpha=0.5,
+                            temperature=0.1, steps=3, batch_size=4)["path"]
+    sets["ameli.image.adapter_path"] = adapter
     cfg = load_config(None, sets)
-    idx = run_index_local(ds.kb, sample / "index", cfg, text_encoder, image_encoder=image_encoder)
+    idx = run_index_local(ds.kb, tmp_path / "index", cfg, text_encoder, image_encoder=enc)
     ms = ds.split("test")
-    runner = Runner.load(cfg, str(idx), text_encoder=text_encoder, image_encoder=image_encoder)
+    runner = Runner.load(cfg, str(idx), text_encoder=text_encoder, image_encoder=enc)
     assert "image_stream" in runner.step_names
     offline = runner.link(ms)
     assert any("image_stream" in c.scores for r in offline for c in r.candidates)
