@@ -183,6 +183,65 @@ def augment_table(a: dict) -> list[str]:
     return lines
 
 
+def ameli_tuning_table(t: dict) -> list[str]:
+    lines = ["### AMELI fusion tuned on dev (`bench/tune_ameli.py`; H@1 percent)", "",
+             "`final = p x incoming (re-ranked) + (1 - p) x text stream`; the text stream scores attribute statements "
+             "with the scorer named (no NLI checkpoint can be had here: the re-ranking cross-encoder's relevance). "
+             "Ties go to the smaller p.", "",
+             "| dataset | dev mentions | text scorer | no text stream (p = 1), filter on / off | best, filter on | "
+             "best, filter off |", "|---|---|---|---|---|---|"]
+    for ds, r in sorted(t.items()):
+        b = r["best"]
+
+        def best(x: dict) -> str:
+            return f"{x['aggregation']}, p = {x['prior_weight']}: {_f(x['dev_hits@1'])}"
+
+        nt = r["no_text_stream_hits@1"]
+        lines.append(f"| {ds} | {r['sample']} (seed {r['seed']}) | {r['text_scorer']} | {_f(nt['on'])} / "
+                     f"{_f(nt['off'])} | {best(b['filter_on'])} | {best(b['filter_off'])} |")
+    lines += ["", "Sweeps: `bench/results/ameli_tuning.json`.", ""]
+    return lines
+
+
+def ameli_sample_table(a: dict) -> list[str]:
+    lines = [f"### AMELI on the generated AMELI-format family sample ({a['entities']} products, "
+             f"{a['test_mentions']} test reviews of which {a['test_nil']} NIL)", "",
+             "Product lines sold in variants that differ by one attribute; every review names its variant's value. "
+             "Built so that attribute filtering matters: the index embeds `{name}. {description}` only, so retrieval "
+             "cannot tell the variants apart. Every row runs configs/ameli.yaml (re-ranking on, so `retrieval` is "
+             "retrieval + re-ranking). No NIL threshold (NIL reviews count as misses).", "",
+             "| method | H@1 | H@1 95% CI | MRR | accuracy | candidates filtered | gold filtered | mentions/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, r in sorted(a["methods"].items(), key=lambda kv: kv[1]["hits@1"]):
+        f = r.get("filter") or {}
+        ci = r["hits@1_ci95"]
+        lines.append(f"| {m} | {_f(r['hits@1'])} | {ci[0]:.1f}-{ci[1]:.1f} | {_f(r['mrr'])} | {_f(r['accuracy'])} | "
+                     f"{f.get('candidates_filtered', '–')} | {f.get('gold_filtered', '–')} | "
+                     f"{_f(r['mentions_per_s'])} |")
+    img = a.get("images")
+    if img:
+        ad = img["adapter"]
+        lines += ["", "With photos (colour variants' photos have their colour, 80% of reviews carry one, and half "
+                  f"of those name no value in their text: {img['test_unnamed']} of the test reviews, where only the "
+                  "photo tells): the image stream on a tiny random open_clip model (no CLIP weights can be had "
+                  f"here), the residual adapter trained on the train split ({ad['pairs']} pairs, {ad['steps']} steps, loss "
+                  f"{ad['loss_first']} -> {ad['loss_last']}, {ad['trainable_params']:,} trainable parameters), "
+                  "lambda (text weight) and p tuned on dev.", "",
+                  "| row | lambda | p | dev H@1 | test H@1 | H@1 95% CI | accuracy | mentions/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        t = img["ameli (text only)"]
+        lines.append(f"| ameli (text only; configs/ameli.yaml) | – | – | – | {_f(t['hits@1'])} | "
+                     f"{t['hits@1_ci95'][0]:.1f}-{t['hits@1_ci95'][1]:.1f} | {_f(t['accuracy'])} | "
+                     f"{_f(t['mentions_per_s'])} |")
+        for m in ("ameli+images", "ameli+images-no-adapter"):
+            r = img[m]
+            ci = r["hits@1_ci95"]
+            lines.append(f"| {m} | {r['lam']} | {r['prior_weight']} | {_f(r['dev_hits@1'])} | {_f(r['hits@1'])} | "
+                         f"{ci[0]:.1f}-{ci[1]:.1f} | {_f(r['accuracy'])} | {_f(r['mentions_per_s'])} |")
+    lines += ["", f"Command: `{a['command']}`", ""]
+    return lines
+
+
 def main() -> int:
     parts: list[str] = []
     for name, fn in [("accuracy.json", accuracy_table), ("accuracy.json", nil_table),
@@ -191,7 +250,8 @@ def main() -> int:
                      ("indexing.json", indexing_table),
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
                      ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table),
-                     ("selector_training_wikimel.json", selector_training_table), ("augment.json", augment_table)]:
+                     ("selector_training_wikimel.json", selector_training_table), ("augment.json", augment_table),
+                     ("ameli_tuning.json", ameli_tuning_table), ("ameli_sample.json", ameli_sample_table)]:
         data = _load(name)
         if data:
             parts += fn(data)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +91,24 @@ def augment_entities(cfg: Config, *, out: str, kb: str | None = None, dataset: s
         from pipelines.augment import run_summaries
 
         return run_summaries(entities, out, cfg, local=True, only=only)
+    from pipelines.augment import run_summaries
+
+    with ray_for_job(cfg):
+        return run_summaries(entities, out, cfg, only=only)
+
+
+@contextmanager
+def ray_for_job(cfg: Config) -> Iterator[None]:
+    """Ray for one job: connect (``ray.address``) or start a local Ray on loopback when none runs in this process;
+    a Ray this starts is stopped when the job ends, also on error (and on SIGTERM, by :mod:`mel.raylocal`)."""
     import ray
 
     from mel.raylocal import init_ray, shutdown_ray
-    from pipelines.augment import run_summaries
 
-    ours = not ray.is_initialized()  # a Ray this call starts is stopped when it ends (also on SIGTERM)
+    ours = not ray.is_initialized()
     init_ray(cfg.ray)
     try:
-        return run_summaries(entities, out, cfg, only=only)
+        yield
     finally:
         if ours:
             shutdown_ray()
@@ -347,18 +358,10 @@ def link_batch(cfg: Config, index_dir: str, mentions_path: str, out_path: str, *
         from pipelines.link import run_link_local
 
         return run_link_local(cfg, index_dir, mentions_path, out_path, method=method)
-    import ray
-
-    from mel.raylocal import init_ray, shutdown_ray
     from pipelines.link import run_link
 
-    ours = not ray.is_initialized()  # a Ray this call starts is stopped when it ends (also on SIGTERM)
-    init_ray(cfg.ray)
-    try:
+    with ray_for_job(cfg):
         return run_link(cfg, index_dir, mentions_path, out_path, method=method)
-    finally:
-        if ours:
-            shutdown_ray()
 
 
 def ensure_dataset_index(cfg: Config, dataset: Any, index_dir: str, data_dir: str | None) -> None:
