@@ -225,8 +225,8 @@ def ameli_sample_table(a: dict) -> list[str]:
                   f"of those name no value in their text: {img['test_unnamed']} of the test reviews, where only the "
                   "photo tells): the image stream on a tiny random open_clip model (no CLIP weights can be had "
                   f"here), the residual adapter trained on the train split ({ad['pairs']} pairs, {ad['steps']} "
-                  f"steps, loss {ad['loss_first']} -> {ad['loss_last']}, {ad['trainable_params']:,} trainable parameters), "
-                  "lambda (text weight) and p tuned on dev.", "",
+                  f"steps, loss {ad['loss_first']} -> {ad['loss_last']}, {ad['trainable_params']:,} trainable "
+                  "parameters), lambda (text weight) and p tuned on dev.", "",
                   "| row | lambda | p | dev H@1 | test H@1 | H@1 95% CI | accuracy | mentions/s |",
                   "|---|---|---|---|---|---|---|---|"]
         t = img["ameli (text only)"]
