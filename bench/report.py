@@ -242,6 +242,24 @@ def ameli_sample_table(a: dict) -> list[str]:
     return lines
 
 
+def gemel_table(g: dict) -> list[str]:
+    lines = ["### GEMEL's parts: name trie and constrained generation (no `gemel` method yet)", "",
+             f"{g['llm']} via {g['decoding']}; prompts with {g['demos']} in-context demonstrations from the training "
+             f"split (MiniLM), at most {g['prompt_budget']} tokens; {g['sample']} test mentions (fixed sample, seed "
+             f"{g['seed']}). Name hit rate: the top generated name is borne by the gold (orientation, not the "
+             "method's accuracy).", "",
+             "| dataset | entities | names | colliding names | trie nodes | build s | JSON MB | beam | s/mention "
+             "(median) | name hit rate | prompt tokens |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ds, r in sorted(g["datasets"].items()):
+        for beam, b in sorted(r["beams"].items()):
+            lines.append(f"| {ds} | {r['entities']:,} | {r['names']:,} | {r['colliding_names']} | "
+                         f"{r['trie_nodes']:,} | {_f(r['trie_build_s'], 2)} | {_f(r['trie_json_mb'], 2)} | {beam} | "
+                         f"{_f(b['s_per_mention_median'], 2)} | {_f(b['name_hit_rate'])} | "
+                         f"{b['prompt_tokens_median']} |")
+    lines += ["", f"Command: `{g['command']}`", ""]
+    return lines
+
+
 def main() -> int:
     parts: list[str] = []
     for name, fn in [("accuracy.json", accuracy_table), ("accuracy.json", nil_table),
@@ -251,7 +269,8 @@ def main() -> int:
                      ("index_scale.json", index_scale_table), ("serving.json", serving_table),
                      ("serving_graph_ab.json", serving_ab_table), ("selector_training.json", selector_training_table),
                      ("selector_training_wikimel.json", selector_training_table), ("augment.json", augment_table),
-                     ("ameli_tuning.json", ameli_tuning_table), ("ameli_sample.json", ameli_sample_table)]:
+                     ("ameli_tuning.json", ameli_tuning_table), ("ameli_sample.json", ameli_sample_table),
+                     ("gemel.json", gemel_table)]:
         data = _load(name)
         if data:
             parts += fn(data)

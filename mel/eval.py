@@ -14,6 +14,9 @@ Definitions (``kb_ids``: the ids of the KB linked against):
   NIL (``None``) for a NIL-expected mention.
 - ``nil``: precision and recall of answering NIL, NIL-expected being the positive class.
 - ``latency_ms``: per stage of ``LinkResult.timings_ms``: n, mean, p50, p99 (linear interpolation).
+- ``flags``: per flag of :data:`FLAG_KEYS` (a per-answer flag a method sets to 1.0 in its top candidate's
+  ``scores``, e.g. GEMEL's ``name_collision``: the generated name is borne by several entities): ``results``
+  flagged and how many of those are ``correct`` (the collision resolved right).
 - ``filter`` (only when some candidate carries ``scores["filtered"]``, AMELI's attribute filter): mentions with a
   candidate filtered, candidates filtered, and in-KB mentions whose gold was filtered (it had been retrieved, and
   the filter moved it behind the kept candidates).
@@ -83,6 +86,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+FLAG_KEYS: tuple[str, ...] = ("name_collision",)
+"""Per-answer flags counted in reports: ``name_collision`` = the generated name is borne by several entities."""
+
+
+def top_flag_stats(results: Sequence[LinkResult], correct: Sequence[bool], key: str) -> dict[str, int]:
+    """Among ``results`` whose top candidate has ``scores[key] == 1.0``: how many (``results``) and how many of them
+    are correct (``correct[i]`` says whether result i is; same order)."""
+    flagged = [ok for r, ok in zip(results, correct, strict=True)
+               if r.candidates and r.candidates[0].scores.get(key) == 1.0]
+    return {"results": len(flagged), "correct": sum(flagged)}
 
 
 def latency_stats(results: Iterable[LinkResult]) -> dict[str, dict[str, float]]:
@@ -201,6 +216,7 @@ def evaluate(mentions: Sequence[Mention], results: Sequence[LinkResult], kb_ids:
             "hits@1_in_kb_only": _ci(sum(r == 1 for r in ranks_in_kb), n_in_kb),
         },
         "latency_ms": latency_stats(ordered),
+        "flags": {key: top_flag_stats(ordered, correct, key) for key in FLAG_KEYS},
         "methods": sorted({r.method for r in ordered if r.method}),
         "ks": list(ks),
     }
@@ -306,6 +322,9 @@ def format_table(report: dict[str, Any]) -> str:
     out.append("")
     out.append(f"NIL precision {_fmt(nil['precision'])}  recall {_fmt(nil['recall'])}  F1 {_fmt(nil['f1'])}  "
                f"({nil['true_positives']} correct of {nil['predicted']} predicted, {nil['expected']} expected)")
+    for key, f in (report.get("flags") or {}).items():
+        if f["results"]:
+            out.append(f"{key}: {f['results']} answers ({f['correct']} correct)")
     filt = report.get("filter")
     if filt:
         out.append(f"attribute filter: {filt['candidates_filtered']} candidates removed in "
