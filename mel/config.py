@@ -679,6 +679,44 @@ class AmeliConfig(Strict):
     filter: AmeliFilterConfig = Field(default_factory=AmeliFilterConfig, description="Attribute filtering.")
 
 
+# ----------------------------------------------------------------------------- GEMEL
+class GemelDemosConfig(Strict):
+    """In-context demonstrations (the ``demonstrate`` step): labelled mentions most similar to the query."""
+
+    dataset: str | None = Field(None, description="Benchmark dataset whose `split` is the demonstration pool "
+                                "(e.g. richpedia-mel).")
+    split: str = Field("train", description="Split of `dataset` used as the pool.")
+    mentions: str | None = Field(None, description="Or: a mentions JSONL file with gold ids as the pool.")
+    n: int = Field(16, ge=0, le=256, description="Demonstrations per prompt (cut to fit `gemel.prompt_tokens`; the "
+                   "least similar go first).")
+    template: str = Field("{surface}. {context}", description="Text of a mention embedded (models.text_encoder) to "
+                          "find similar ones.")
+    index_dir: str | None = Field(None, description="Where the demonstration index (the pool's vectors, with a "
+                                  "manifest) is stored; None: beside the KB index, <index>/extras/gemel-demos-<key>. "
+                                  "Built on first use; refused when made from another pool, encoder or KB.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GemelDemosConfig:
+        if self.dataset is not None and self.mentions is not None:
+            raise ValueError("give gemel.demos.dataset or gemel.demos.mentions, not both")
+        return self
+
+
+class GemelConfig(Strict):
+    """GEMEL's generation (the ``generate`` step): the frozen LLM (models.llm, through transformers) writes the
+    entity's name after the prompt, beam search constrained to the KB's names (a token trie)."""
+
+    beams: int = Field(4, ge=1, le=64, description="Beam width (1: greedy within the trie).")
+    max_new_tokens: int = Field(32, ge=1, le=512, description="Longest name generated, in tokens (end marker "
+                                "included).")
+    prompt_tokens: int = Field(1536, ge=64, description="Prompt budget (header + demonstrations + query).")
+    max_mention_chars: int = Field(300, ge=0, description="Characters of a mention's context shown in a prompt line.")
+    use_aliases: bool = Field(True, description="Aliases are generatable names too.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="LLM dtype (transformers).")
+    device: str = Field("cpu", description="torch device of the LLM.")
+    demos: GemelDemosConfig = Field(default_factory=GemelDemosConfig, description="In-context demonstrations.")
+
+
 def _check_template(v: str, allowed: set[str]) -> str:
     import string
 
@@ -716,6 +754,8 @@ class Config(Strict):
                                    "texts (entity summaries).")
     ameli: AmeliConfig = Field(default_factory=AmeliConfig, description="The AMELI steps (entail, attribute_filter, "
                                "fuse) of the `ameli` methods.")
+    gemel: GemelConfig = Field(default_factory=GemelConfig, description="The GEMEL steps (demonstrate, generate, "
+                               "name_to_id) of the `gemel` methods.")
 
     def hash(self) -> str:
         """Stable hash of the settings (used in artifact manifests)."""

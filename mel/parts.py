@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mel.ameli.entail import EntailmentScorer
     from mel.config import Config
     from mel.encoders.base import ImageEncoder, TextEncoder
+    from mel.gemel.lm import PrefixLM
     from mel.index.artifact import IndexArtifact
     from mel.llm.base import LLMEngine
     from mel.rerank.base import CrossEncoder
@@ -34,6 +35,8 @@ class Parts:
     """Scores (context, statement) pairs for AMELI's text stream: an NLI model, or the cross-encoder as a proxy."""
     clip_adapter: EmbeddingAdapter | None = None
     """AMELI's image stream adapter (``ameli.image.adapter_path``; the identity, plain CLIP cosine, when unset)."""
+    gemel_lm: PrefixLM | None = None
+    """GEMEL's frozen LLM (models.llm through transformers: prefix embeddings and trie-constrained beams)."""
 
     def require(self, name: str, step: str) -> object:
         """The part ``name`` (attribute name; ``llm`` is ``engine``), or a clear error naming the step."""
@@ -48,7 +51,7 @@ def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text
                image_encoder: ImageEncoder | None = None, engine: LLMEngine | None = None,
                cross_encoder: CrossEncoder | None = None, index: IndexArtifact | None = None,
                adapter_engines: dict[str, LLMEngine] | None = None, nli: EntailmentScorer | None = None,
-               clip_adapter: EmbeddingAdapter | None = None) -> Parts:
+               clip_adapter: EmbeddingAdapter | None = None, gemel_lm: PrefixLM | None = None) -> Parts:
     """Build the parts in ``needs`` that were not given, and load the index checked against the encoders.
 
     The image encoder is built only when ``models.image_encoder.enabled``; the index is refused when its manifest
@@ -102,8 +105,14 @@ def load_parts(cfg: Config, index_dir: str | None, needs: Iterable[str], *, text
         clip_adapter = IdentityAdapter() if path is None else load_clip_adapter(
             path, expect_image_encoder_id=image_encoder.id if image_encoder is not None else None,
             expect_dim=image_encoder.dim if image_encoder is not None else None)
+    if "gemel_lm" in needs and gemel_lm is None:
+        from mel.gemel.lm import HFPrefixLM
+        from mel.models.sources import resolve_model
+
+        gemel_lm = HFPrefixLM(resolve_model(cfg.models.llm.model, kind="llm", cache_dir=cache),
+                              device=cfg.gemel.device, dtype=cfg.gemel.dtype)
     return Parts(index, text_encoder, image_encoder, engine, cross_encoder, dict(adapter_engines or {}), nli,
-                 clip_adapter)
+                 clip_adapter, gemel_lm)
 
 
 # The name the foundation used; kept for callers that build parts by hand.

@@ -104,7 +104,7 @@ class HostDeployment:
         m = self.models
         parts = load_parts(self.cfg, index_dir, {"index"}, text_encoder=m.text_encoder, image_encoder=m.image_encoder,
                            cross_encoder=m.cross_encoder, engine=m.engine, adapter_engines=m.adapter_engines, nli=m.nli,
-                           clip_adapter=m.clip_adapter)
+                           clip_adapter=m.clip_adapter, gemel_lm=m.gemel_lm)
         return self._build(parts), parts.index
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from mel.types import Mention
 if TYPE_CHECKING:
     import numpy as np
 
+    from mel.config import GemelDemosConfig
     from mel.encoders.base import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -130,3 +131,95 @@ def trim_to_budget(demos: Sequence[T], cost: Callable[[T], int], budget: int) ->
         kept.append(d)
         total += c
     return kept[::-1]
+
+
+# ----------------------------------------------------------------------------- the stored demonstration index
+DEMOS_FORMAT = 1
+DEMOS_MANIFEST = "manifest.json"
+
+
+def pool_source(cfg: GemelDemosConfig) -> tuple[str, list[Mention]]:
+    """The configured pool: (a description, its mentions): ``dataset``/``split``, or a ``mentions`` file."""
+    if cfg.mentions is not None:
+        from mel.mentions import read_mentions
+
+        return f"file:{cfg.mentions}", list(read_mentions(cfg.mentions))
+    if cfg.dataset is not None:
+        from mel.datasets import load_dataset
+
+        return f"dataset:{cfg.dataset}/{cfg.split}", load_dataset(cfg.dataset).split(cfg.split)
+    raise InputError("GEMEL demonstrations need a pool: set gemel.demos.dataset (and split) or gemel.demos.mentions "
+                     "(or gemel.demos.n=0, or the method gemel-no-icl)")
+
+
+def _content_hash(mentions: Sequence[Mention]) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for m in mentions:
+        h.update(json.dumps([m.id, m.surface, m.context, m.gold], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def load_or_build_pool(cfg: GemelDemosConfig, *, encoder: TextEncoder, kb_hash: str,
+                       gold_name: Callable[[str], str | None], index_dir: str | None) -> DemoPool:
+    """The demonstration pool of ``cfg``: loaded from its stored index when one was built for the same pool,
+    encoder, template and KB, else built (embedding every pool mention once) and stored, atomically, with a
+    manifest. A stored index made otherwise is refused, naming what differs."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from mel.atomic import publish_dir
+    from mel.errors import ArtifactMismatch
+
+    source, mentions = pool_source(cfg)
+    want = {"format": DEMOS_FORMAT, "source": source, "pool_hash": _content_hash(mentions),
+            "encoder_id": encoder.id, "template": cfg.template, "kb_hash": kb_hash}
+    key = hashlib.sha256(json.dumps(want, sort_keys=True).encode()).hexdigest()[:16]
+    if cfg.index_dir is not None:
+        root = Path(cfg.index_dir)
+    elif index_dir is not None:
+        root = Path(index_dir) / "extras" / f"gemel-demos-{key}"
+    else:
+        root = None
+    if root is not None and (root / DEMOS_MANIFEST).is_file():
+        meta = json.loads((root / DEMOS_MANIFEST).read_text())
+        differ = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+        if differ:
+            raise ArtifactMismatch(f"demonstration index {root} was made otherwise ("
+                                   + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
+                                   + "); delete it (it is rebuilt on next use) or point gemel.demos.index_dir "
+                                   "elsewhere")
+        rows = [json.loads(x) for x in (root / "demos.jsonl").read_text().splitlines() if x]
+        vectors = np.load(root / "vectors.npy", allow_pickle=False)
+        kept = [Mention(r["id"], r["surface"], r.get("context", ""), gold=r["gold"]) for r in rows]
+        return DemoPool(kept, [r["name"] for r in rows], vectors, skipped_nil=meta["skipped_nil"],
+                        skipped_not_in_kb=meta["skipped_not_in_kb"])
+    t0 = time.perf_counter()
+    pool = DemoPool.build(mentions, gold_name, encoder, cfg.template)
+    if root is None:
+        return pool
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        np.save(tmp / "vectors.npy", pool.vectors, allow_pickle=False)
+        (tmp / "demos.jsonl").write_text("".join(
+            json.dumps({"id": m.id, "surface": m.surface, "context": m.context, "gold": m.gold, "name": n},
+                       ensure_ascii=False) + "\n" for m, n in zip(pool.mentions, pool.names, strict=True)))
+        meta = {**want, "mentions": len(pool), "skipped_nil": pool.skipped_nil,
+                "skipped_not_in_kb": pool.skipped_not_in_kb, "build_s": round(time.perf_counter() - t0, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / DEMOS_MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
+        publish_dir(tmp, root)
+    except OSError as e:
+        log.warning("cannot store the demonstration index in %s (%s): it is rebuilt on every load", root, e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return pool

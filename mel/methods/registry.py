@@ -8,7 +8,7 @@ from mel.registry import Registry
 METHODS: Registry = Registry("linking method", callable_only=False)
 
 # Modules under mel.methods whose import registers the built-in methods (kept light: no heavy imports).
-BUILTIN = ("retrieval", "llm_select", "unimel", "ameli")
+BUILTIN = ("retrieval", "llm_select", "unimel", "ameli", "gemel")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:

@@ -10,7 +10,8 @@ from mel.steps.base import HOSTS, PART_CONFIG, Host, MentionState, Step, host_of
 STEPS: Registry = Registry("linking step")
 
 # Modules under mel.steps whose import registers the built-in steps (light: heavy imports happen in the steps).
-BUILTIN = ("describe", "retrieve", "rerank", "image_stream", "entail", "attribute_filter", "fuse", "select", "nil")
+BUILTIN = ("describe", "retrieve", "rerank", "image_stream", "entail", "attribute_filter", "fuse", "select", "gemel",
+           "nil")
 
 
 def register_step(cls: type[Step]) -> type[Step]:

@@ -25,6 +25,7 @@ PART_CONFIG: dict[str, tuple[str, ...]] = {
     "llm": ("models.llm", "models.cache_dir"),
     "nli": ("ameli.text", "retrieval.rerank", "models.cache_dir"),
     "clip_adapter": ("ameli.image", "models.image_encoder"),
+    "gemel_lm": ("models.llm", "gemel.dtype", "gemel.device", "models.cache_dir"),
 }
 PARTS: frozenset[str] = frozenset(PART_CONFIG)
 
@@ -67,6 +68,8 @@ class MentionState:
     """What the mention refers to, in the words of an LLM (the ``describe`` step)."""
     description_in: tuple[str, ...] = ()
     """Where later steps show the description: "retrieval" (retrieval and re-ranking), "selection"."""
+    demos: list[Any] = field(default_factory=list)
+    """GEMEL's in-context demonstrations for the mention (``mel.gemel.demos.Demo``, least similar first)."""
     image_features: dict[str, Any] | None = None
     """CLIP features for AMELI's image stream (the ``image_features`` step): ``mention`` (d,) or None, ``entities``
     (id -> (k, d) vectors of the entity's images), ``encoder`` (the image encoder's id)."""
@@ -127,7 +130,8 @@ class Host:
 
 HOSTS: tuple[Host, ...] = (
     Host("local", frozenset()),
-    Host("retriever", frozenset({"text_encoder", "image_encoder", "index", "cross_encoder", "nli"}), "Retriever",
+    Host("retriever", frozenset({"text_encoder", "image_encoder", "index", "cross_encoder", "nli", "gemel_lm"}),
+         "Retriever",
          "retriever"),
     Host("llm", frozenset({"llm"}), "Selector", "selector"),
     Host("scorer", frozenset({"clip_adapter"}), "Scorer", "scorer"),
