@@ -37,6 +37,10 @@ def _settings(cfg, method: str) -> dict:  # noqa: ANN001
         out.update(ameli_candidates=a.text.candidates, prior_weight=a.fusion.prior_weight, lam=a.fusion.lam)
         if "entail" in steps:
             out.update(aggregation=a.text.aggregation, text_scorer=a.text.nli_model or cfg.retrieval.rerank.model)
+    if steps & {"generate"}:
+        g = cfg.gemel
+        out.update(beams=g.beams, demos=g.demos.n if "demonstrate" in steps else 0, prompt_tokens=g.prompt_tokens,
+                   llm=cfg.models.llm.model, decoding=f"transformers {g.dtype}")
     return out
 
 
