@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             entry["method"] = method
             if "filter" in report:
                 entry["filter"] = report["filter"]
+            if any(f["results"] for f in (report.get("flags") or {}).values()) or method.startswith("gemel"):
+                entry["flags"] = report.get("flags")
             old = results.setdefault(ds, {}).get(label, {})
             # NIL figures come from bench/bench_nil.py (withheld-gold protocol): keep them
             results[ds][label] = {**{k: v for k, v in old.items() if k.startswith("nil_")}, **entry}

@@ -38,6 +38,11 @@ def accuracy_table(acc: dict) -> list[str]:
                          f"{'–' if not ci else f'{ci[0]:.1f}-{ci[1]:.1f}'} | {_f(r.get('hits@5'))} | "
                          f"{_f(r.get('hits@10'))} | {_f(r.get('hits@20'))} | {_f(r.get('mrr'))} | "
                          f"{_f(r.get('accuracy'))} | {_f(r.get('mentions_per_s'))} |")
+    coll = [f"{ds} {m}: {r['flags']['name_collision']['results']} answers with a colliding name "
+            f"({r['flags']['name_collision']['correct']} right)" for ds, ms in sorted(acc.items())
+            for m, r in sorted(ms.items()) if (r.get("flags") or {}).get("name_collision")]
+    if coll:
+        lines += ["", "Name collisions (GEMEL): " + "; ".join(coll) + "."]
     lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for ms in acc.values() for r in ms.values()
                                                    if r.get("command")})), ""]
     return lines
@@ -248,8 +253,8 @@ def gemel_table(g: dict) -> list[str]:
              f"split's demonstration index (MiniLM), at most {g['prompt_budget']} tokens; {g['sample']} test mentions "
              f"(fixed sample, seed {g['seed']}). Failures split into a wrong name and the right name given to another "
              "entity bearing it.", "",
-             "| dataset | entities | names | colliding names | trie nodes | build s | JSON MB | beam | s/mention "
-             "(median) | H@1 | wrong name | right name, wrong id | collided (right) |",
+             "| dataset | entities | names | colliding names | trie nodes | build s | JSON MB | beam | generate "
+             "s/mention (batch mean) | H@1 | wrong name | right name, wrong id | collided (right) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds, r in sorted(g["datasets"].items()):
         for beam, b in sorted(r["beams"].items()):

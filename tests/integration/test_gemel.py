@@ -63,3 +63,45 @@ def test_constrained_beams_are_kb_names_scored_by_the_model(lm, trie) -> None:  
         want = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(b.token_ids))
         assert math.isclose(b.logprob, want, abs_tol=2e-3), (b.name, b.logprob, want)
         assert b.token_ids[-1] == trie.end_id and 0 < b.confidence <= 1
+
+
+def test_gemel_through_serve_answers_like_the_runner(demo_index, ray_local, text_encoder, lm,  # noqa: ANN001
+                                                     tmp_path) -> None:  # noqa: ANN001
+    """`gemel` (demonstrations from the demo mentions, generation on the Retriever host) through the Serve app gives
+    the runner's answers; the demonstration index and the trie are stored beside the index once."""
+    import httpx
+    from ray import serve
+
+    from mel.config import load_config
+    from mel.entrypoints import commands
+    from mel.mentions import read_mentions
+    from mel.runner import Runner
+    from tests.conftest import free_port
+
+    mentions_file = REPO / "data" / "demo" / "mentions.jsonl"
+    ms = list(read_mentions(mentions_file))[:6]
+    sets = {"method": "gemel", "gemel.demos.mentions": str(mentions_file), "gemel.demos.n": 4, "gemel.beams": 2,
+            "gemel.demos.index_dir": str(tmp_path / "demos")}
+    offline = Runner.load(load_config(None, sets), str(demo_index), text_encoder=text_encoder, gemel_lm=lm).link(ms)
+    assert (tmp_path / "demos" / "manifest.json").is_file()
+    port = free_port()
+    scfg = load_config(None, {**sets, "serve.port": port, "serve.app_name": "gemel", "serve.route_prefix": "/gemel"})
+    try:
+        serve.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
+    url = commands.start_serve(scfg, str(demo_index))
+    try:
+        health = httpx.get(f"{url}/healthz", timeout=30).json()
+        assert health["steps"] == ["demonstrate", "generate", "name_to_id", "nil"]
+        assert health["deployments"] == ["Retriever"]
+        body = {"mentions": [{"id": m.id, "surface": m.surface, "context": m.context} for m in ms]}
+        r = httpx.post(f"{url}/v1/link", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        online = r.json()["results"]
+    finally:
+        serve.shutdown()
+    for e, o in zip(offline, online, strict=True):
+        assert o["entity_id"] == e.entity_id and o["method"] == "gemel"
+        assert [c["entity_id"] for c in o["candidates"]] == [c.entity_id for c in e.candidates]
+        assert [c["score"] for c in o["candidates"]] == pytest.approx([c.score for c in e.candidates], abs=1e-4)
