@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,25 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MEL_DATA_DIR", REPO.parent / "shared" / "data"))
 
 pytest_plugins = ["tests.fixtures.models"]
+
+
+@contextmanager
+def serve_app(cfg, index_dir: str | Path) -> Iterator[str]:  # noqa: ANN001
+    """A Serve application of ``cfg`` on ``index_dir`` for one test (any Serve left running is shut down first):
+    yields its base URL, shuts Serve down after."""
+    from ray import serve
+
+    from mel.entrypoints import commands
+
+    try:
+        serve.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
+    url = commands.start_serve(cfg, str(index_dir))
+    try:
+        yield url
+    finally:
+        serve.shutdown()
 
 
 def free_port() -> int:

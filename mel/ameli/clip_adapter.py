@@ -13,7 +13,6 @@ adapter module is built or loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mel.errors import ArtifactMismatch, InputError
+from mel.models.gguf import file_sha256
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,14 +130,6 @@ class ClipAdapter:
             return self.module(torch.from_numpy(arr)).numpy().astype(np.float32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_clip_adapter(module: Any, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``adapter.pt`` + ``mel_clip_adapter.json`` into a temp folder beside ``out_dir``, then rename it onto
     ``out_dir`` (an existing folder is replaced whole): nothing half-written is ever loadable."""
@@ -152,7 +144,7 @@ def save_clip_adapter(module: Any, out_dir: str | Path, meta: dict[str, Any]) ->
         torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp / ADAPTER_WEIGHTS)
         record = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "dim": int(module.dim),
                   "hidden": int(module.hidden), "alpha": float(module.alpha),
-                  "weights_sha256": _sha256(tmp / ADAPTER_WEIGHTS),
+                  "weights_sha256": file_sha256(tmp / ADAPTER_WEIGHTS),
                   "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / ADAPTER_META).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         publish_dir(tmp, out)
@@ -200,7 +192,7 @@ def load_clip_adapter(path: str | Path, *, expect_image_encoder_id: str | None =
     weights = root / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise ArtifactMismatch(f"CLIP adapter {root}: {ADAPTER_WEIGHTS} is missing; {RETRAIN_HINT}")
-    if meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
+    if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
         raise ArtifactMismatch(f"CLIP adapter {root}: {ADAPTER_WEIGHTS} does not match the SHA-256 its record holds "
                                f"(damaged or replaced); {RETRAIN_HINT}")
     import torch

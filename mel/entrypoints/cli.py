@@ -142,16 +142,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags_into(args: argparse.Namespace, section: object, keys: tuple[str, ...]) -> None:
+    """Command-line flags that override a config section's fields of the same name (when given)."""
+    for key in keys:
+        if getattr(args, key) is not None:
+            setattr(section, key, getattr(args, key))
+
+
 def cmd_train_selector(args: argparse.Namespace) -> int:
     import json
 
     from mel.train.selector import train_selector
 
     cfg = _cfg(args)
-    t = cfg.train.selector
-    for key in ("limit", "steps"):
-        if getattr(args, key) is not None:
-            setattr(t, key, getattr(args, key))
+    _flags_into(args, cfg.train.selector, ("limit", "steps"))
     report = train_selector(cfg, dataset=args.dataset, mentions_path=args.mentions, split=args.split,
                             index_dir=args.index, out=args.out, data_dir=args.data_dir, resume=args.resume,
                             overwrite=args.overwrite)
@@ -177,10 +181,7 @@ def cmd_train_adapter(args: argparse.Namespace) -> int:
     from mel.train.clip_adapter import run_train_adapter
 
     cfg = _cfg(args)
-    t = cfg.train.adapter
-    for key in ("limit", "steps"):
-        if getattr(args, key) is not None:
-            setattr(t, key, getattr(args, key))
+    _flags_into(args, cfg.train.adapter, ("limit", "steps"))
     report = run_train_adapter(cfg, dataset=args.dataset, out=args.out, split=args.split, data_dir=args.data_dir,
                                resume=args.resume, overwrite=args.overwrite)
     losses = report["losses"]

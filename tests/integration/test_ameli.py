@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +55,8 @@ def test_eval_reports_the_filter_and_the_methods_differ(family, tmp_path: Path) 
 
 
 def test_serve_answers_like_the_runner(family, ray_local, text_encoder) -> None:  # noqa: ANN001
-    from ray import serve
 
     from mel.config import load_config
-    from mel.entrypoints import commands
     from mel.runner import Runner
 
     _, idx, ds = family
@@ -71,20 +69,13 @@ def test_serve_answers_like_the_runner(family, ray_local, text_encoder) -> None:
     port = free_port()
     scfg = load_config("configs/ameli.yaml", [*SETS, *one, f"serve.port={port}", "serve.app_name=ameli",
                                               "serve.route_prefix=/ameli"])
-    try:
-        serve.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-    url = commands.start_serve(scfg, str(idx))
-    try:
+    with serve_app(scfg, idx) as url:
         assert httpx.get(f"{url}/healthz", timeout=30).json()["steps"] == [
             "retrieve", "rerank", "entail", "attribute_filter", "fuse", "nil"]
         body = {"mentions": [{"id": m.id, "surface": m.surface, "context": m.context} for m in ms]}
         r = httpx.post(f"{url}/v1/link", json=body, timeout=300)
         assert r.status_code == 200, r.text
         online = r.json()["results"]
-    finally:
-        serve.shutdown()
     assert [o["mention_id"] for o in online] == [e.mention_id for e in offline]
     for e, o in zip(offline, online, strict=True):
         assert o["entity_id"] == e.entity_id and o["method"] == "ameli"

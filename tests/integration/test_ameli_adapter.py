@@ -124,16 +124,14 @@ def test_serve_runs_the_image_stream_on_a_scorer_deployment(sample: Path, ray_lo
     encoder loads a checkpoint file (the tiny model's weights), so every replica embeds alike."""
     import httpx
     import torch
-    from ray import serve
 
     from mel.config import load_config
     from mel.datasets import load_dataset
     from mel.encoders import build_image_encoder
-    from mel.entrypoints import commands
     from mel.runner import Runner
     from mel.train.clip_adapter import collect_image_pairs, embed_pairs, train_adapter
     from pipelines.index import run_index_local
-    from tests.conftest import free_port
+    from tests.conftest import free_port, serve_app
 
     ckpt = tmp_path / "tiny-clip.pt"
     torch.save(image_encoder._model.state_dict(), ckpt)
@@ -156,12 +154,7 @@ def test_serve_runs_the_image_stream_on_a_scorer_deployment(sample: Path, ray_lo
     port = free_port()
     scfg = load_config(None, {**sets, "serve.port": port, "serve.app_name": "ameli-img",
                               "serve.route_prefix": "/ameli-img", "serve.image_root": str(sample)})
-    try:
-        serve.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-    url = commands.start_serve(scfg, str(idx))
-    try:
+    with serve_app(scfg, idx) as url:
         health = httpx.get(f"{url}/healthz", timeout=30).json()
         assert health["deployments"] == ["Retriever", "Scorer"]
         assert health["steps"] == ["retrieve", "image_features", "entail", "attribute_filter", "image_stream", "fuse",
@@ -171,8 +164,6 @@ def test_serve_runs_the_image_stream_on_a_scorer_deployment(sample: Path, ray_lo
         r = httpx.post(f"{url}/v1/link", json=body, timeout=300)
         assert r.status_code == 200, r.text
         online = r.json()["results"]
-    finally:
-        serve.shutdown()
     for e, o in zip(offline, online, strict=True):
         assert o["entity_id"] == e.entity_id
         assert [c["entity_id"] for c in o["candidates"]] == [c.entity_id for c in e.candidates]

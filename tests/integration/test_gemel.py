@@ -70,13 +70,11 @@ def test_gemel_through_serve_answers_like_the_runner(demo_index, ray_local, text
     """`gemel` (demonstrations from the demo mentions, generation on the Retriever host) through the Serve app gives
     the runner's answers; the demonstration index and the trie are stored beside the index once."""
     import httpx
-    from ray import serve
 
     from mel.config import load_config
-    from mel.entrypoints import commands
     from mel.mentions import read_mentions
     from mel.runner import Runner
-    from tests.conftest import free_port
+    from tests.conftest import free_port, serve_app
 
     mentions_file = REPO / "data" / "demo" / "mentions.jsonl"
     ms = list(read_mentions(mentions_file))[:6]
@@ -86,12 +84,7 @@ def test_gemel_through_serve_answers_like_the_runner(demo_index, ray_local, text
     assert (tmp_path / "demos" / "manifest.json").is_file()
     port = free_port()
     scfg = load_config(None, {**sets, "serve.port": port, "serve.app_name": "gemel", "serve.route_prefix": "/gemel"})
-    try:
-        serve.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-    url = commands.start_serve(scfg, str(demo_index))
-    try:
+    with serve_app(scfg, demo_index) as url:
         health = httpx.get(f"{url}/healthz", timeout=30).json()
         assert health["steps"] == ["demonstrate", "generate", "name_to_id", "nil"]
         assert health["deployments"] == ["Retriever"]
@@ -99,8 +92,6 @@ def test_gemel_through_serve_answers_like_the_runner(demo_index, ray_local, text
         r = httpx.post(f"{url}/v1/link", json=body, timeout=300)
         assert r.status_code == 200, r.text
         online = r.json()["results"]
-    finally:
-        serve.shutdown()
     for e, o in zip(offline, online, strict=True):
         assert o["entity_id"] == e.entity_id and o["method"] == "gemel"
         assert [c["entity_id"] for c in o["candidates"]] == [c.entity_id for c in e.candidates]
